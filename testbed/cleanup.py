@@ -1,0 +1,107 @@
+"""Leave nothing behind: a record of what each run creates, and the sweep that removes it.
+
+Before a run creates anything it writes ``/run/testbed/<pid>.json`` naming its nodes (and, on the host side
+of a microVM run, the VM's process).  Stopping a run sweeps exactly that; ``testbed clean`` sweeps the
+records whose run is gone (crash, ``kill -9``).  A node is its Mininet shell (``mininet:<name>`` on its
+command line) and its network namespace: killing every process in that namespace frees the namespace and
+the veth ends in it.  Nothing not named in a record is touched.
+"""
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+RUN_DIR = Path(os.environ.get("TESTBED_RUN_DIR", "/run/testbed"))
+
+
+def record(nodes: list[str], vm_pid: int | None = None) -> Path:
+    """Write this process's record before it builds anything."""
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    path = RUN_DIR / f"{os.getpid()}.json"
+    path.write_text(json.dumps({"pid": os.getpid(), "started": time.time(), "nodes": nodes, "vm_pid": vm_pid}))
+    return path
+
+
+def sweep(path: Path) -> dict:
+    """Remove everything a record names, then the record; returns what was removed."""
+    entry = json.loads(path.read_text())
+    shells = _shell_pids(set(entry["nodes"]))
+    killed = _kill_namespaces(shells)
+    if entry.get("vm_pid") and _alive(entry["vm_pid"]):
+        os.killpg(entry["vm_pid"], signal.SIGKILL)
+        killed.append(entry["vm_pid"])
+    path.unlink(missing_ok=True)
+    return {"record": str(path), "shells": len(shells), "processes": len(killed)}
+
+
+def clean() -> list[dict]:
+    """Sweep the records of every run that is no longer alive; live runs are left alone."""
+    results = []
+    for path in sorted(RUN_DIR.glob("*.json")) if RUN_DIR.is_dir() else []:
+        owner = int(path.stem)
+        if owner != os.getpid() and _owner_alive(owner, json.loads(path.read_text())["started"]):
+            results.append({"record": str(path), "skipped": f"run {owner} is still alive"})
+            continue
+        results.append(sweep(path))
+    return results
+
+
+def _shell_pids(nodes: set[str]) -> list[int]:
+    """PIDs of the Mininet shells of ``nodes`` (their command line ends in ``mininet:<name>``)."""
+    pids = []
+    for pid, argv in _processes():
+        if argv and argv[-1].startswith("mininet:") and argv[-1][len("mininet:"):] in nodes:
+            pids.append(pid)
+    return pids
+
+
+def _kill_namespaces(shells: list[int]) -> list[int]:
+    """SIGKILL every process in the network namespaces of ``shells`` (never the caller's own)."""
+    own = _netns(os.getpid())
+    namespaces = {_netns(pid) for pid in shells} - {own, None}
+    victims = [pid for pid, _ in _processes() if pid != os.getpid() and _netns(pid) in namespaces]
+    for pid in set(victims) | set(shells):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 5
+    while any(_alive(pid) for pid in victims) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return victims
+
+
+def _processes():
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                yield int(entry.name), (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
+            except OSError:
+                continue
+
+
+def _netns(pid: int) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino
+    except OSError:
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _owner_alive(pid: int, recorded: float) -> bool:
+    """True if ``pid`` is alive and is the process that wrote the record (not a reused PID)."""
+    try:
+        start_ticks = int(Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except OSError:
+        return False
+    started = time.time() - uptime + start_ticks / os.sysconf("SC_CLK_TCK")
+    return _alive(pid) and started <= recorded + 1

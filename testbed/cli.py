@@ -1,0 +1,243 @@
+"""The ``testbed`` command: run a topology and check it, clean up after crashes, report what the kernel can do.
+
+Bad input is rejected before anything is built (and before a microVM boots): one line naming the option or
+field and its value, exit status 2.  When the kernel lacks netem or RED, ``run`` re-runs itself inside a
+microVM (``testbed.microvm``) and says so in one line.
+"""
+
+import argparse
+import importlib
+import importlib.util
+import inspect
+import os
+import shutil
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+
+from testbed import cleanup, kernel, microvm, report
+from testbed.fabric import DciLink, TopologyError
+from testbed.topo import FabricTopo
+
+TOPOLOGY_DIR = Path(__file__).resolve().parent.parent / "topologies"
+DEFAULT_TOPOLOGY = "two_sites"
+# CLI flag -> build() keyword; each is passed only if given, and only if the topology takes it
+TOPOLOGY_FLAGS = {
+    "distance_km": float, "sites": int, "hosts": int, "leaves": int, "spines": int,
+    "host_bw_mbps": float, "fabric_bw_mbps": float, "dci_bw_mbps": float, "jitter_ms": float,
+    "loss_pct": float, "buffer_bytes": int, "ecn_kmin_bytes": int, "ecn_kmax_bytes": int,
+}
+
+
+class UsageError(Exception):
+    """Bad command-line input; the message is printed as one line and the exit status is 2."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args, argv if argv is not None else sys.argv[1:])
+    except (UsageError, TopologyError) as error:
+        print(f"testbed: error: {error}", file=sys.stderr)
+        return 2
+    except microvm.MicroVmError as error:
+        print(f"testbed: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("testbed: interrupted; everything was cleaned up", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="testbed", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="build a topology, measure RTTs and DCI rates, clean up")
+    run.add_argument("topology", nargs="?", default=DEFAULT_TOPOLOGY,
+                     help=f"a name from topologies/ or a path to a topology script (default {DEFAULT_TOPOLOGY})")
+    add_run_options(run)
+    run.set_defaults(handler=cmd_run)
+    clean = commands.add_parser("clean", help="remove what crashed or killed runs left behind")
+    clean.set_defaults(handler=cmd_clean)
+    doctor = commands.add_parser("doctor", help="show what the kernel supports and which path runs use")
+    doctor.set_defaults(handler=cmd_doctor)
+    return parser
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    topo = parser.add_argument_group("topology options (passed to the topology's build)")
+    for name, kind in TOPOLOGY_FLAGS.items():
+        topo.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, metavar=kind.__name__.upper())
+    topo.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                      help="any other keyword of the topology's build(), e.g. --param west_south_km=2000")
+    topo.add_argument("--mtu", type=int, help="link MTU (default 9000)")
+    parser.add_argument("--cli", action="store_true", help="open Mininet's CLI after the checks")
+    parser.add_argument("--capture", action="store_true", help="write pcaps of every DCI link to the results")
+    parser.add_argument("--seconds", type=float, default=5.0, help="duration of each rate check (default 5)")
+    parser.add_argument("--out", type=Path, help="results directory (default results/<topology>-<time>)")
+
+
+# -- run ---------------------------------------------------------------------------------------------------
+
+def cmd_run(args, argv: list[str]) -> int:
+    topo_cls = load_topology(args.topology)
+    topo = topo_cls(**topology_params(args, topo_cls))  # validates the whole fabric, builds nothing
+    if args.seconds <= 0:
+        raise UsageError(f"--seconds {args.seconds} must be > 0")
+    out = (args.out or Path("results") / f"{Path(args.topology).stem}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    _require_root()
+    if not microvm.inside():
+        lacking = kernel.missing(kernel.capabilities())
+        if lacking:
+            reason = f"kernel {os.uname().release} has no {', '.join('sch_' + k for k in lacking)}"
+            inner = [sys.executable, "-m", "testbed", "run", str(_topology_arg(args.topology)),
+                     *_without_positional(argv, args.topology), "--out", str(out)]
+            return microvm.run(inner, rwdirs=[out], reason=reason)
+    return run_checks(topo, args, out)
+
+
+def run_checks(topo: FabricTopo, args, out: Path) -> int:
+    """Build ``topo``, measure it, print and save the results, optionally open the CLI, tear down."""
+    from testbed.capture import DciCapture
+    from testbed.network import Testbed
+    from testbed.verify import verify
+
+    started = time.monotonic()
+    with report.console.status("building the fabric"), Testbed(topo) as tb:
+        built_s = time.monotonic() - started
+        report.console.print(f"built {len(topo.nodes())} nodes and {len(topo.links())} shaped links "
+                             f"in {built_s:.1f} s")
+        with report.console.status("measuring RTTs and DCI rates"):
+            if args.capture:
+                with DciCapture(tb, out / "capture"):
+                    results = verify(tb, args.seconds)
+            else:
+                results = verify(tb, args.seconds)
+        report.console.print(report.rtt_table(results["rtt"]))
+        report.console.print(report.rate_table(results["dci_rate"]))
+        params = {"topology": args.topology, "build_s": round(built_s, 2), "in_microvm": microvm.inside(),
+                  **topology_params(args, type(topo))}
+        report.save(out, params, results)
+        report.console.print(f"results: {out}")
+        if args.cli:
+            from mininet.cli import CLI
+
+            CLI(tb.net)
+    return 0
+
+
+def load_topology(spec: str) -> type[FabricTopo]:
+    """A FabricTopo subclass from a topology name or a script path (via its Mininet-style ``topos`` dict)."""
+    path = Path(spec) if spec.endswith(".py") else TOPOLOGY_DIR / f"{spec}.py"
+    if not path.is_file():
+        raise UsageError(f"unknown topology {spec!r} (available: {', '.join(available_topologies())})")
+    module_spec = importlib.util.spec_from_file_location(f"topologies.{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    topos = getattr(module, "topos", {})
+    candidates = [t for t in topos.values() if isinstance(t, type) and issubclass(t, FabricTopo)]
+    if not candidates:
+        raise UsageError(f"topology script {path} defines no FabricTopo in its 'topos' dict")
+    return topos.get(path.stem, candidates[0])
+
+
+def available_topologies() -> list[str]:
+    return sorted(p.stem for p in TOPOLOGY_DIR.glob("*.py") if not p.stem.startswith("_"))
+
+
+def topology_params(args, topo_cls: type[FabricTopo]) -> dict:
+    """build() keywords from the flags and --param KEY=VALUE, refusing any the topology does not take."""
+    given = {name: getattr(args, name) for name in TOPOLOGY_FLAGS if getattr(args, name) is not None}
+    for item in args.param:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--param {item!r} must look like KEY=VALUE")
+        given[key.replace("-", "_")] = _number(key, value)
+    accepted = _accepted_keywords(topo_cls)
+    for key in given:
+        if key not in accepted:
+            raise UsageError(f"topology {topo_cls.__name__} takes no option {key!r} "
+                             f"(it takes: {', '.join(sorted(accepted))})")
+    if args.mtu is not None:
+        given["mtu"] = args.mtu
+    return given
+
+
+def _accepted_keywords(topo_cls: type[FabricTopo]) -> set[str]:
+    signature = inspect.signature(topo_cls.build)
+    named = {p.name for p in signature.parameters.values()
+             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"}
+    if any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values()):
+        named |= {f.name for f in fields(DciLink)} - {"a", "b", "distance_km", "bw_mbps"}
+    return named
+
+
+def _number(key: str, value: str) -> int | float:
+    try:
+        return int(value)
+    except ValueError:
+        try:
+            return float(value)
+        except ValueError:
+            raise UsageError(f"--param {key}={value!r} is not a number") from None
+
+
+def _topology_arg(spec: str) -> str:
+    return str(Path(spec).resolve()) if spec.endswith(".py") else spec
+
+
+def _without_positional(argv: list[str], topology: str) -> list[str]:
+    rest = list(argv[argv.index("run") + 1:]) if "run" in argv else list(argv)
+    if topology in rest:
+        rest.remove(topology)
+    if "--out" in rest:
+        del rest[rest.index("--out"):rest.index("--out") + 2]
+    return rest
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        raise UsageError("must run as root (Mininet and tc need CAP_NET_ADMIN): use sudo")
+
+
+def run_script(topo_cls: type[FabricTopo]) -> None:
+    """``__main__`` of a topology script: the same as ``testbed run <this script> [options]``."""
+    script = str(Path(inspect.getfile(topo_cls)).resolve())
+    sys.exit(main(["run", script, *sys.argv[1:]]))
+
+
+# -- clean and doctor --------------------------------------------------------------------------------------
+
+def cmd_clean(args, argv) -> int:
+    _require_root()
+    results = cleanup.clean()
+    for r in results:
+        done = r.get("skipped") or f"killed {r['processes']} processes of {r['shells']} nodes"
+        print(f"{r['record']}: {done}")
+    if not results:
+        print("nothing to clean")
+    return 0
+
+
+def cmd_doctor(args, argv) -> int:
+    _require_root()
+    found = kernel.capabilities()
+    print(f"kernel {os.uname().release}")
+    for kind, ok in found.items():
+        print(f"  {kind:12} {'yes' if ok else 'no'}")
+    lacking = kernel.missing(found)
+    if not lacking or microvm.inside():
+        print("path: native (this kernel emulates links itself)")
+    else:
+        try:
+            print(f"path: microVM ({microvm.kernel_image().name}, {microvm.accel().upper()}), because this "
+                  f"kernel has no {', '.join('sch_' + k for k in lacking)}")
+        except microvm.MicroVmError as error:
+            print(f"path: none: {error}")
+            return 1
+    for tool in ("mnexec", "iperf3", "ping", "tcpdump", "tshark", "qemu-system-x86_64", "vng"):
+        where = shutil.which(tool) or (str(Path(sys.executable).parent / tool)
+                                       if (Path(sys.executable).parent / tool).exists() else None)
+        print(f"  {tool:20} {where or 'MISSING'}")
+    return 0

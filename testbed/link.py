@@ -1,0 +1,82 @@
+"""Mininet links shaped through pyroute2 (netlink), never through the ``tc`` binary.
+
+``ShapedLink`` is to this testbed what ``TCLink`` is to Mininet: pass it as ``Mininet(link=ShapedLink)`` and
+give each ``addLink`` a ``config=LinkConfig(...)``; both interfaces then get the qdisc tree of
+``testbed.qdisc`` on their egress.  Unlike TCLink, every impairment of a live link can be changed and reset
+to zero (``link.set(loss_pct=0)``) and its counters read back as plain data (``link.stats()``).
+"""
+
+from dataclasses import replace
+
+from mininet.link import Intf, Link
+from pyroute2 import IPRoute
+
+from testbed import qdisc
+from testbed.fabric import LinkConfig
+
+
+def netlink(node) -> IPRoute:
+    """The node's pyroute2 IPRoute, opened once in its network namespace and kept on the node."""
+    if getattr(node, "ipr", None) is None:
+        node.ipr = IPRoute(netns=f"/proc/{node.pid}/ns/net") if node.inNamespace else IPRoute()
+    return node.ipr
+
+
+def close_netlink(node) -> None:
+    if getattr(node, "ipr", None) is not None:
+        node.ipr.close()
+        node.ipr = None
+
+
+class ShapedIntf(Intf):
+    """An interface whose egress is the netem -> htb -> red tree described by a LinkConfig."""
+
+    def config(self, config: LinkConfig | None = None, mtu: int = 1500, **params):
+        result = super().config(**params)
+        self.shape, self.mtu = config, mtu
+        ipr = netlink(self.node)
+        self.index = ipr.link_lookup(ifname=self.name)[0]
+        ipr.link("set", index=self.index, mtu=mtu)
+        if config is not None:
+            qdisc.apply(ipr, self.index, config, mtu)
+        return result
+
+    def set(self, **changes) -> LinkConfig:
+        """Change impairments or thresholds of this direction in place; zero resets."""
+        config = replace(self.shape, **changes)
+        config.check(self.name)
+        qdisc.apply(netlink(self.node), self.index, config, self.mtu, change=True)
+        self.shape = config
+        return config
+
+    def stats(self) -> dict:
+        """Queue counters of the egress tree and the interface's own byte and packet counters."""
+        ipr = netlink(self.node)
+        counters = ipr.get_links(self.index)[0].get_attr("IFLA_STATS64")
+        return {
+            "intf": self.name,
+            **qdisc.read_stats(ipr, self.index),
+            "tx_bytes": counters["tx_bytes"],
+            "tx_packets": counters["tx_packets"],
+            "rx_bytes": counters["rx_bytes"],
+            "rx_packets": counters["rx_packets"],
+        }
+
+
+class ShapedLink(Link):
+    """A veth pair with a ShapedIntf at each end; impairments apply to both directions."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("cls1", ShapedIntf)
+        kwargs.setdefault("cls2", ShapedIntf)
+        super().__init__(*args, **kwargs)
+
+    def set(self, **changes) -> LinkConfig:
+        """Change the link in both directions (e.g. ``set(loss_pct=1)``, later ``set(loss_pct=0)``)."""
+        self.intf1.set(**changes)
+        return self.intf2.set(**changes)
+
+    def stats(self) -> list[dict]:
+        """Per direction: which node sends, and the counters of its egress tree."""
+        return [{"from": i.node.name, "to": o.node.name, **i.stats()}
+                for i, o in ((self.intf1, self.intf2), (self.intf2, self.intf1))]

@@ -1,0 +1,94 @@
+"""A running fabric: Mininet built from a FabricTopo, routed, shaped, and always torn down.
+
+    with Testbed(TwoSites(distance_km=1000)) as tb:
+        west, east = tb.hosts("west")[0], tb.hosts("east")[0]
+        print(west.cmd("ping -c 3", east.IP()))
+        tb.dci("west", "east").set(loss_pct=1)
+
+Teardown runs on normal exit, on exceptions, on Ctrl-C and on SIGTERM/SIGHUP (turned into
+KeyboardInterrupt so ``finally`` blocks run); a ``kill -9`` leaves the record that ``testbed clean`` sweeps.
+"""
+
+import signal
+
+from mininet.log import setLogLevel
+from mininet.net import Mininet
+
+from testbed import cleanup
+from testbed.link import ShapedLink, close_netlink, netlink
+from testbed.routing import compute_routes, fabric_graph, install_routes
+from testbed.topo import FabricTopo
+
+
+def _interrupt(signum, _frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+class Testbed:
+    """Builds ``topo`` on ``start()`` (or ``with``), removes every trace of it on ``stop()``."""
+
+    def __init__(self, topo: FabricTopo, log_level: str = "warning"):
+        self.topo = topo
+        self.graph = fabric_graph(topo)
+        self.net: Mininet | None = None
+        self._record = None
+        setLogLevel(log_level)
+
+    def __enter__(self) -> "Testbed":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> "Testbed":
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, _interrupt)
+        self._record = cleanup.record(list(self.topo.nodes()))
+        try:
+            self.net = Mininet(topo=self.topo, link=ShapedLink, controller=None, autoSetMacs=True,
+                               waitConnected=False)
+            self.net.start()
+            routes = compute_routes(self.graph)
+            for node in self.net.hosts:
+                install_routes(netlink(node), routes[node.name])
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop Mininet, then sweep this run's record so no process or namespace survives."""
+        if self.net is not None:
+            for node in self.net.hosts:
+                close_netlink(node)
+            try:
+                self.net.stop()
+            finally:
+                self.net = None
+        if self._record is not None:
+            cleanup.sweep(self._record)
+            self._record = None
+
+    # -- access ------------------------------------------------------------------------------------------
+
+    def node(self, name: str):
+        return self.net[name]
+
+    def hosts(self, site: str | None = None) -> list:
+        """The GPU hosts (not the routers), optionally of one site, in declaration order."""
+        match = {"role": "host"} if site is None else {"role": "host", "site": site}
+        return [self.net[name] for name in self.topo.nodes_with(**match)]
+
+    def dci(self, a: str, b: str) -> ShapedLink:
+        """The DCI link between sites ``a`` and ``b`` (either order)."""
+        return self.link(f"{a}b", f"{b}b")
+
+    def link(self, a: str, b: str) -> ShapedLink:
+        links = self.net.linksBetween(self.net[a], self.net[b])
+        if not links:
+            raise KeyError(f"no link between {a} and {b}")
+        return links[0]
+
+    def dci_links(self) -> list[tuple[str, ShapedLink]]:
+        """(name, link) of every DCI link, in declaration order."""
+        return [(info["dci"], self.link(a, b)) for a, b, info in self.topo.dci_link_names()]

@@ -1,0 +1,41 @@
+"""Bad command-line input: one line naming what is wrong, exit status 2, nothing built (native)."""
+
+import subprocess
+import sys
+
+import pytest
+
+from testbed import cleanup
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "testbed", *args], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--distance-km", "-5"], "dci west-east: distance_km -5.0 must be >= 0"),
+    (["run", "--distance-km", "far"], "argument --distance-km: invalid float value: 'far'"),
+    (["run", "--dci-bw-mbps", "0"], "bw_mbps 0.0 must be > 0"),
+    (["run", "--loss-pct", "150"], "loss_pct 150.0 must be <= 100"),
+    (["run", "nosuch"], "unknown topology 'nosuch' (available: leaf_spine, three_sites, two_sites)"),
+    (["run", "three_sites", "--distance-km", "10"], "topology ThreeSites takes no option 'distance_km'"),
+    (["run", "--param", "distance_km"], "--param 'distance_km' must look like KEY=VALUE"),
+    (["run", "--param", "distance_km=x"], "--param distance_km='x' is not a number"),
+    (["run", "leaf_spine", "--hosts", "0"], "site 'dc1': hosts 0 must be a whole number >= 1"),
+    (["run", "--mtu", "50"], "fabric: mtu 50 must be a whole number from 1280 to 9000"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message):
+    records_before = set(cleanup.RUN_DIR.glob("*.json")) if cleanup.RUN_DIR.is_dir() else set()
+    result = run_cli(*args)
+    assert result.returncode == 2, result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if "error" in line]
+    assert len(error_lines) == 1 and message in error_lines[0], result.stderr
+    records_after = set(cleanup.RUN_DIR.glob("*.json")) if cleanup.RUN_DIR.is_dir() else set()
+    assert records_after == records_before  # nothing was started
+
+
+def test_topology_script_runs_directly_with_the_same_validation():
+    result = subprocess.run([sys.executable, "topologies/two_sites.py", "--distance-km", "-1"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "distance_km -1.0 must be >= 0" in result.stderr

@@ -1,0 +1,91 @@
+"""The fabric model: delay arithmetic, derived defaults and validation (native, no kernel)."""
+
+import pytest
+
+from testbed.fabric import DciLink, Fabric, LinkConfig, Site, TopologyError
+from testbed.units import bdp_bytes, frame_bytes, propagation_delay_ms, tcp_goodput_mbps
+
+
+def test_propagation_delay_is_five_microseconds_per_km():
+    assert propagation_delay_ms(1000) == pytest.approx(5.0)
+    assert propagation_delay_ms(10) == pytest.approx(0.05)
+    assert propagation_delay_ms(0) == 0
+
+
+def test_dci_delay_derives_from_distance_unless_overridden():
+    assert DciLink("a", "b", distance_km=3000).one_way_delay_ms() == pytest.approx(15.0)
+    assert DciLink("a", "b", distance_km=3000, delay_ms=2.5).one_way_delay_ms() == 2.5
+    config = DciLink("a", "b", distance_km=400, bw_mbps=80, jitter_ms=0.3, loss_pct=1).link_config()
+    assert (config.delay_ms, config.bw_mbps, config.jitter_ms, config.loss_pct) == (2.0, 80, 0.3, 1)
+
+
+def test_bdp_and_goodput_arithmetic():
+    assert bdp_bytes(100, 10) == 125_000  # 100 Mbit/s * 10 ms
+    assert frame_bytes(9000) == 9014
+    assert tcp_goodput_mbps(100, 1500) == pytest.approx(100 * 1448 / 1514)
+
+
+def test_resolved_defaults_follow_rate_delay_and_mtu():
+    long_haul = LinkConfig(bw_mbps=1000, delay_ms=10).resolved(mtu=9000)
+    assert long_haul.buffer_bytes == bdp_bytes(1000, 20)  # one round trip of the link
+    short = LinkConfig(bw_mbps=100).resolved(mtu=9000)
+    assert short.buffer_bytes == 64 * 9014
+    assert 2 * 9014 <= short.ecn_kmin_bytes < short.ecn_kmax_bytes <= short.buffer_bytes
+    fast = LinkConfig(bw_mbps=400_000).resolved(mtu=1500)
+    assert fast.ecn_kmax_bytes == 40 * 400_000 // 8  # 40 us of queue at 400 Gbit/s (DCQCN's 200 KB @ 40G)
+    explicit = LinkConfig(bw_mbps=100, buffer_bytes=10**6, ecn_kmin_bytes=50_000, ecn_kmax_bytes=150_000)
+    assert explicit.resolved(9000) == explicit
+
+
+def two_sites(**dci) -> Fabric:
+    return Fabric(sites=[Site("west"), Site("east")],
+                  dci_links=[DciLink("west", "east", **{"distance_km": 1000, **dci})])
+
+
+def test_valid_fabric_passes():
+    two_sites().validate()
+
+
+@pytest.mark.parametrize("dci, message", [
+    ({"distance_km": -5}, "dci west-east: distance_km -5 must be >= 0"),
+    ({"distance_km": "far"}, "dci west-east: distance_km 'far' is not a number"),
+    ({"distance_km": float("nan")}, "distance_km nan is not a number"),
+    ({"bw_mbps": 0}, "dci west-east: bw_mbps 0 must be > 0"),
+    ({"bw_mbps": -10}, "bw_mbps -10 must be > 0"),
+    ({"loss_pct": 101}, "dci west-east: loss_pct 101 must be <= 100"),
+    ({"loss_pct": -1}, "loss_pct -1 must be >= 0"),
+    ({"jitter_ms": -0.1}, "jitter_ms -0.1 must be >= 0"),
+    ({"ecn_kmin_bytes": 90_000, "ecn_kmax_bytes": 30_000}, "ecn_kmin_bytes 90000 must be below ecn_kmax_bytes"),
+    ({"buffer_bytes": 10_000, "ecn_kmax_bytes": 30_000}, "ecn_kmax_bytes 30000 exceeds buffer_bytes 10000"),
+    ({"delay_ms": -1}, "dci west-east: delay_ms -1 must be >= 0"),
+])
+def test_bad_dci_values_name_the_field_and_value(dci, message):
+    with pytest.raises(TopologyError, match=message.replace("(", r"\(")):
+        two_sites(**dci).validate()
+
+
+def test_structural_errors():
+    cases = {
+        "duplicate site name": Fabric(sites=[Site("west"), Site("west")]),
+        "unknown site 'north'": Fabric(sites=[Site("west"), Site("east")],
+                                       dci_links=[DciLink("west", "north", 10)]),
+        "site 'east' is not connected": Fabric(sites=[Site("west"), Site("east")]),
+        "site 'south' is not connected": Fabric(
+            sites=[Site("west"), Site("east"), Site("south")], dci_links=[DciLink("west", "east", 10)]),
+        "duplicate link between": Fabric(sites=[Site("west"), Site("east")],
+                                         dci_links=[DciLink("west", "east", 10), DciLink("east", "west", 20)]),
+        "must join two different sites": Fabric(sites=[Site("west")], dci_links=[DciLink("west", "west", 10)]),
+        "no sites declared": Fabric(),
+        "hosts 0 must be a whole number": Fabric(sites=[Site("west", hosts=0)]),
+        "name must be lower-case": Fabric(sites=[Site("West")]),
+        "name too long": Fabric(sites=[Site("averyveryverylongname")]),
+        "mtu 100 must be a whole number": Fabric(sites=[Site("west")], mtu=100),
+    }
+    for message, fabric in cases.items():
+        with pytest.raises(TopologyError, match=message):
+            fabric.validate()
+
+
+def test_reorder_needs_delay():
+    with pytest.raises(TopologyError, match="reorder_pct 5 needs a delay_ms"):
+        LinkConfig(bw_mbps=10, reorder_pct=5).check("link x")

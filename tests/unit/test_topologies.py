@@ -1,0 +1,71 @@
+"""Topology scripts, addressing and routing (native: Mininet Topo objects are plain data)."""
+
+import ipaddress
+
+import pytest
+
+from testbed.cli import load_topology
+from testbed.fabric import TopologyError
+from testbed.routing import compute_routes, fabric_graph, path_delay_ms
+
+
+def routes_of(topo):
+    return compute_routes(fabric_graph(topo))
+
+
+def test_two_sites_defaults():
+    topo = load_topology("two_sites")()
+    assert len(topo.nodes_with(role="host")) == 8
+    assert len(topo.nodes_with(role="host", site="west")) == 4
+    assert [i["dci"] for _, _, i in topo.dci_link_names()] == ["west-east"]
+    assert topo.linkInfo("westb", "eastb")["config"].delay_ms == pytest.approx(5.0)
+    assert 2 * path_delay_ms(fabric_graph(topo), "westh1", "easth4") == pytest.approx(10.0)
+
+
+def test_every_link_is_its_own_subnet_inside_its_site_block():
+    topo = load_topology("leaf_spine")(sites=3, hosts=5, leaves=2, spines=3)
+    subnets = []
+    for _, _, info in topo.links(withInfo=True):
+        a = ipaddress.ip_interface(info["params1"]["ip"])
+        b = ipaddress.ip_interface(info["params2"]["ip"])
+        assert a.network == b.network and a.ip != b.ip
+        subnets.append(a.network)
+        if info["kind"] != "dci":
+            site = topo.nodeInfo(info["node1"])["site"]
+            assert a.ip in ipaddress.ip_network(f"10.{int(site[2:])}.0.0/16")
+    assert len(subnets) == len(set(subnets))
+
+
+def test_spines_give_ecmp_and_hosts_get_a_default_route():
+    topo = load_topology("leaf_spine")(sites=2, hosts=4, leaves=2, spines=2)
+    routes = routes_of(topo)
+    assert [r.dst for r in routes["dc1h1"]] == ["0.0.0.0/0"]
+    far_host_prefix = str(ipaddress.ip_interface(topo.linkInfo("dc2h1", "dc2l1")["params1"]["ip"]).network)
+    leaf_route = next(r for r in routes["dc1l1"] if r.dst == far_host_prefix)
+    assert len(leaf_route.gateways) == 2  # one per spine
+    border_route = next(r for r in routes["dc1b"] if r.dst == far_host_prefix)
+    assert border_route.gateways == ("10.255.0.2",)  # across the DCI
+
+
+def test_direct_dci_beats_a_shorter_two_hop_detour():
+    topo = load_topology("three_sites")(west_south_km=3000, west_east_km=1000, east_south_km=1500)
+    graph = fabric_graph(topo)
+    assert path_delay_ms(graph, "westh1", "southh1") == pytest.approx(15.0)
+    assert path_delay_ms(graph, "westh1", "easth1") == pytest.approx(5.0)
+
+
+def test_every_router_reaches_every_prefix():
+    topo = load_topology("three_sites")()
+    graph = fabric_graph(topo)
+    routes = compute_routes(graph)
+    prefixes = {str(ipaddress.ip_interface(i["params1"]["ip"]).network) for _, _, i in topo.links(withInfo=True)}
+    for router in topo.nodes_with(role="leaf") + topo.nodes_with(role="border"):
+        assert len({r.dst for r in routes[router]}) == len(prefixes) - graph.degree(router)
+        assert all(r.gateways for r in routes[router])
+
+
+def test_bad_topology_values_fail_before_anything_is_built():
+    with pytest.raises(TopologyError, match="distance_km -1"):
+        load_topology("two_sites")(distance_km=-1)
+    with pytest.raises(TopologyError, match="bw_mbps 0"):
+        load_topology("two_sites")(dci_bw_mbps=0)
