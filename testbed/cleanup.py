@@ -1,19 +1,29 @@
 """Leave nothing behind: a record of what each run creates, and the sweep that removes it.
 
 Before a run creates anything it writes ``/run/testbed/<pid>.json`` naming its nodes (and, on the host side
-of a microVM run, the VM's process).  Stopping a run sweeps exactly that; ``testbed clean`` sweeps the
-records whose run is gone (crash, ``kill -9``).  A node is its Mininet shell (``mininet:<name>`` on its
-command line) and its network namespace: killing every process in that namespace frees the namespace and
-the veth ends in it.  Nothing not named in a record is touched.
+of a microVM run, the VM's process).  As soon as Mininet has made the nodes, each node's network namespace
+is pinned by name, ``/run/netns/testbed-<pid>-<node>`` (what ``ip netns attach`` does), so it can be found
+and entered (``ip netns exec``) even when the node's shell is gone: after a ``kill -9`` the shells die with
+their terminals, but processes started in the namespaces (iperf3, tcpdump) live on and keep them alive.
+A pinned name holds its namespace, so it can never point at someone else's.
+
+Stopping a run sweeps exactly its record: every process in its namespaces is killed (which frees the veth
+pairs and qdiscs in them), the names are unpinned, the record removed.  ``testbed clean`` sweeps the
+records whose run is gone.  Nothing not named in a record is touched.
 """
 
 import json
 import os
+import re
 import signal
 import time
 from pathlib import Path
 
+from pyroute2 import netns
+
 RUN_DIR = Path(os.environ.get("TESTBED_RUN_DIR", "/run/testbed"))
+NETNS_DIR = Path("/run/netns")
+PROBE_NETNS = re.compile(r"^testbed-probe-(\d+)$")
 
 
 def record(nodes: list[str], vm_pid: int | None = None) -> Path:
@@ -24,20 +34,36 @@ def record(nodes: list[str], vm_pid: int | None = None) -> Path:
     return path
 
 
+def namespace_name(owner: int, node: str) -> str:
+    return f"testbed-{owner}-{node}"
+
+
+def pin(nodes: dict[str, int]) -> None:
+    """Pin the network namespace of each node (name -> pid of a process in it) under this run's names."""
+    for node, pid in nodes.items():
+        netns.attach(namespace_name(os.getpid(), node), pid)
+
+
 def sweep(path: Path) -> dict:
     """Remove everything a record names, then the record; returns what was removed."""
     entry = json.loads(path.read_text())
+    pinned = [name for name in (namespace_name(entry["pid"], node) for node in entry["nodes"])
+              if (NETNS_DIR / name).exists()]
     shells = _shell_pids(set(entry["nodes"]))
-    killed = _kill_namespaces(shells)
+    namespaces = {os.stat(NETNS_DIR / name).st_ino for name in pinned} | {_netns(pid) for pid in shells}
+    killed = _kill_namespaces(namespaces, shells)
+    for name in pinned:
+        netns.remove(name)
     if entry.get("vm_pid") and _alive(entry["vm_pid"]):
         os.killpg(entry["vm_pid"], signal.SIGKILL)
         killed.append(entry["vm_pid"])
     path.unlink(missing_ok=True)
-    return {"record": str(path), "shells": len(shells), "processes": len(killed)}
+    return {"record": str(path), "namespaces": len(pinned), "processes": len(killed)}
 
 
 def clean() -> list[dict]:
-    """Sweep the records of every run that is no longer alive; live runs are left alone."""
+    """Sweep the records of every run that is no longer alive (live runs are left alone), and the probe
+    namespaces of kernel checks that were killed."""
     results = []
     for path in sorted(RUN_DIR.glob("*.json")) if RUN_DIR.is_dir() else []:
         owner = int(path.stem)
@@ -45,6 +71,11 @@ def clean() -> list[dict]:
             results.append({"record": str(path), "skipped": f"run {owner} is still alive"})
             continue
         results.append(sweep(path))
+    for name in sorted(os.listdir(NETNS_DIR)) if NETNS_DIR.is_dir() else []:
+        match = PROBE_NETNS.match(name)
+        if match and not _alive(int(match.group(1))):
+            netns.remove(name)
+            results.append({"record": str(NETNS_DIR / name), "namespaces": 1, "processes": 0})
     return results
 
 
@@ -57,10 +88,9 @@ def _shell_pids(nodes: set[str]) -> list[int]:
     return pids
 
 
-def _kill_namespaces(shells: list[int]) -> list[int]:
-    """SIGKILL every process in the network namespaces of ``shells`` (never the caller's own)."""
-    own = _netns(os.getpid())
-    namespaces = {_netns(pid) for pid in shells} - {own, None}
+def _kill_namespaces(namespaces: set[int | None], shells: list[int]) -> list[int]:
+    """SIGKILL ``shells`` and every process in ``namespaces`` (never the caller's own namespace)."""
+    namespaces = namespaces - {_netns(os.getpid()), None}
     victims = [pid for pid, _ in _processes() if pid != os.getpid() and _netns(pid) in namespaces]
     for pid in set(victims) | set(shells):
         try:

@@ -87,14 +87,10 @@ def cmd_run(args, argv: list[str]) -> int:
         raise UsageError(f"--seconds {args.seconds} must be > 0")
     out = (args.out or Path("results") / f"{Path(args.topology).stem}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     _require_root()
-    if not microvm.inside():
-        lacking = kernel.missing(kernel.capabilities())
-        if lacking:
-            reason = f"kernel {os.uname().release} has no {', '.join('sch_' + k for k in lacking)}"
-            inner = [sys.executable, "-m", "testbed", "run", str(_topology_arg(args.topology)),
-                     *_without_positional(argv, args.topology), "--out", str(out)]
-            return microvm.run(inner, rwdirs=[out], reason=reason)
-    return run_checks(topo, args, out)
+    inner = [sys.executable, "-m", "testbed", "run", str(_topology_arg(args.topology)),
+             *_without_positional(argv, args.topology), "--out", str(out)]
+    in_vm = microvm.run_if_needed(inner, rwdirs=[out])
+    return run_checks(topo, args, out) if in_vm is None else in_vm
 
 
 def run_checks(topo: FabricTopo, args, out: Path) -> int:
@@ -124,7 +120,10 @@ def run_checks(topo: FabricTopo, args, out: Path) -> int:
             from mininet.cli import CLI
 
             CLI(tb.net)
-    return 0
+    off = [r for rows in results.values() for r in rows if not r["ok"]]
+    if off:
+        print(f"testbed: {len(off)} check(s) outside tolerance (see the tables above)", file=sys.stderr)
+    return 1 if off else 0
 
 
 def load_topology(spec: str) -> type[FabricTopo]:
@@ -213,7 +212,7 @@ def cmd_clean(args, argv) -> int:
     _require_root()
     results = cleanup.clean()
     for r in results:
-        done = r.get("skipped") or f"killed {r['processes']} processes of {r['shells']} nodes"
+        done = r.get("skipped") or f"killed {r['processes']} processes, removed {r['namespaces']} namespaces"
         print(f"{r['record']}: {done}")
     if not results:
         print("nothing to clean")
@@ -226,13 +225,12 @@ def cmd_doctor(args, argv) -> int:
     print(f"kernel {os.uname().release}")
     for kind, ok in found.items():
         print(f"  {kind:12} {'yes' if ok else 'no'}")
-    lacking = kernel.missing(found)
-    if not lacking or microvm.inside():
+    reason = kernel.shortfall(found)
+    if reason is None or microvm.inside():
         print("path: native (this kernel emulates links itself)")
     else:
         try:
-            print(f"path: microVM ({microvm.kernel_image().name}, {microvm.accel().upper()}), because this "
-                  f"kernel has no {', '.join('sch_' + k for k in lacking)}")
+            print(f"path: microVM ({microvm.kernel_image().name}, {microvm.accel().upper()}), because {reason}")
         except microvm.MicroVmError as error:
             print(f"path: none: {error}")
             return 1

@@ -45,9 +45,10 @@ class LinkConfig:
         """Fill the derived defaults.
 
         Buffer: one round trip of this link at its rate (a deep-buffer DCI router holds about a BDP),
-        at least 100 us at line rate (a shallow datacenter switch port) and 64 full frames.  ECN thresholds are the DCQCN paper's switch settings (Kmin 5 KB, Kmax
-        200 KB at 40 Gbit/s, i.e. 1 us and 40 us of queueing) scaled to this link's rate, and at least
-        2 and 8 full frames so RED can act on jumbo frames at the emulated rates.
+        at least 100 us at line rate (a shallow datacenter switch port) and 64 full frames.  ECN
+        thresholds are the DCQCN paper's switch settings (Kmin 5 KB, Kmax 200 KB at 40 Gbit/s, i.e. 1 us
+        and 40 us of queueing) scaled to this link's rate, and at least 2 and 8 full frames so RED can
+        act on jumbo frames at the emulated rates.
         """
         frame = frame_bytes(mtu)
         bytes_per_us = self.bw_mbps / 8

@@ -36,9 +36,13 @@ def capabilities() -> dict[str, bool]:
     return found
 
 
-def missing(found: dict[str, bool]) -> list[str]:
-    """The qdiscs the emulation needs that this kernel lacks."""
-    return [kind for kind in REQUIRED if not found[kind]]
+def shortfall(found: dict[str, bool] | None = None) -> str | None:
+    """Why this kernel cannot emulate links ("kernel X has no sch_netem, sch_red"), or None if it can."""
+    found = capabilities() if found is None else found
+    lacking = [kind for kind in REQUIRED if not found[kind]]
+    if not lacking:
+        return None
+    return f"kernel {os.uname().release} has no {', '.join('sch_' + kind for kind in lacking)}"
 
 
 def _try_qdisc(ipr, kind: str, params: dict) -> bool:

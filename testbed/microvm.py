@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from testbed import cleanup
+from testbed import cleanup, kernel
 
 IN_VM_ENV = "TESTBED_IN_VM"
 SANE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # busybox shadows tools otherwise
@@ -39,7 +39,7 @@ def kernel_image() -> Path:
 
 
 def accel() -> str:
-    """'kvm' or 'tcg' (see module docstring)."""
+    """'kvm' or 'tcg' (see module docstring); inside the VM, what the host chose for it."""
     forced = os.environ.get("TESTBED_VM_ACCEL")
     if forced in ("kvm", "tcg"):
         return forced
@@ -53,7 +53,7 @@ def command(argv: list[str], rwdirs: list[Path], cwd: Path) -> list[str]:
     if not Path(vng).exists():
         raise MicroVmError("virtme-ng (vng) is not installed: run scripts/provision.sh")
     inner = (f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:{SANE_PATH} {IN_VM_ENV}=1 "
-             f"PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 && {shlex.join(argv)}")
+             f"TESTBED_VM_ACCEL={accel()} PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 && {shlex.join(argv)}")
     cmd = [vng, "-r", str(kernel_image()), "--memory", os.environ.get("TESTBED_VM_MEMORY", "3G"),
            "--cpus", str(os.cpu_count() or 1), "--cwd", str(cwd), "--exec", inner]
     if accel() == "tcg":
@@ -63,25 +63,62 @@ def command(argv: list[str], rwdirs: list[Path], cwd: Path) -> list[str]:
     return cmd
 
 
-def run(argv: list[str], rwdirs: list[Path], reason: str) -> int:
-    """Run ``argv`` in the VM, stream its output, return its exit status; Ctrl-C stops the VM."""
+def start(argv: list[str], rwdirs: list[Path], interactive: bool = False,
+          cwd: Path | None = None) -> subprocess.Popen:
+    """Boot the VM running ``argv`` in ``cwd`` (default: ours); its output is piped unless ``interactive``.
+
+    The VM is its own process group (so it can be killed whole) and is recorded for ``testbed clean``.
+    """
     for directory in rwdirs:
         directory.mkdir(parents=True, exist_ok=True)
-    cmd = command(argv, rwdirs, Path.cwd())
-    print(f"testbed: {reason}; running inside a microVM ({Path(cmd[cmd.index('-r') + 1]).name}, "
-          f"{accel().upper()}, ~20 s to boot)", flush=True)
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', SANE_PATH)}")
-    vm = subprocess.Popen(cmd, env=env, stdin=sys.stdin if sys.stdin.isatty() else subprocess.DEVNULL,
-                          start_new_session=True)
-    record = cleanup.record([], vm_pid=vm.pid)
-    try:
-        return vm.wait()
-    except KeyboardInterrupt:
+    quiet = {} if interactive else {"stdin": subprocess.DEVNULL, "stdout": subprocess.PIPE, "stderr": subprocess.STDOUT}
+    vm = subprocess.Popen(command(argv, rwdirs, cwd or Path.cwd()), env=env, start_new_session=True, **quiet)
+    cleanup.record([], vm_pid=vm.pid)
+    return vm
+
+
+def stop(vm: subprocess.Popen) -> None:
+    """Kill the VM (and everything in it) if it still runs, and drop its cleanup record."""
+    if vm.poll() is None:
         os.killpg(vm.pid, signal.SIGKILL)
         vm.wait()
+    (cleanup.RUN_DIR / f"{os.getpid()}.json").unlink(missing_ok=True)
+
+
+def describe(reason: str) -> str:
+    """The one line that tells a user why and how their run moves into a VM."""
+    return f"{reason}; running inside a microVM ({kernel_image().name}, {accel().upper()}, ~20 s to boot)"
+
+
+def run(argv: list[str], rwdirs: list[Path], reason: str) -> int:
+    """Run ``argv`` in the VM, stream its output, return its exit status; Ctrl-C stops the VM."""
+    print(f"testbed: {describe(reason)}", flush=True)
+    vm = start(argv, rwdirs, interactive=sys.stdin.isatty() and sys.stdout.isatty())
+    try:
+        if vm.stdout is not None:
+            relay(vm.stdout, sys.stdout.buffer)
+        return vm.wait()
+    except KeyboardInterrupt:
         return 130
     finally:
-        record.unlink(missing_ok=True)
+        stop(vm)
+
+
+def relay(stream, sink) -> None:
+    """Copy the VM's output line by line (qemu given a file as stdout reopens it and clobbers its start)."""
+    for line in iter(stream.readline, b""):
+        sink.write(line)
+        sink.flush()
+
+
+def run_if_needed(argv: list[str], rwdirs: list[Path]) -> int | None:
+    """None where links can be emulated here (a capable kernel, or inside the VM already); else run
+    ``argv`` (this same program, re-invoked) in the microVM, say so in one line, and return its status."""
+    if inside():
+        return None
+    reason = kernel.shortfall()
+    return None if reason is None else run(argv, rwdirs, reason)
 
 
 def _version_key(name: str) -> list:

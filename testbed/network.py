@@ -9,6 +9,8 @@ Teardown runs on normal exit, on exceptions, on Ctrl-C and on SIGTERM/SIGHUP (tu
 KeyboardInterrupt so ``finally`` blocks run); a ``kill -9`` leaves the record that ``testbed clean`` sweeps.
 """
 
+import functools
+import os
 import signal
 
 from mininet.log import setLogLevel
@@ -20,18 +22,29 @@ from testbed.routing import compute_routes, fabric_graph, install_routes
 from testbed.topo import FabricTopo
 
 
-def _interrupt(signum, _frame):
+def _interrupt(owner: int, signum: int, _frame) -> None:
+    """SIGTERM/SIGHUP become KeyboardInterrupt in the process that built the fabric, so teardown runs.
+
+    pyroute2 opens namespace sockets in forked children and ends them with SIGTERM; such a child inherits
+    this handler and must simply exit, never unwind into (and run) the parent's teardown.
+    """
+    if os.getpid() != owner:
+        os._exit(128 + signum)
     raise KeyboardInterrupt(f"signal {signum}")
 
 
 class Testbed:
     """Builds ``topo`` on ``start()`` (or ``with``), removes every trace of it on ``stop()``."""
 
+    __test__ = False  # not a pytest test class, despite its name
+
     def __init__(self, topo: FabricTopo, log_level: str = "warning"):
         self.topo = topo
         self.graph = fabric_graph(topo)
         self.net: Mininet | None = None
         self._record = None
+        self._owner = os.getpid()
+        self._saved_handlers: dict = {}
         setLogLevel(log_level)
 
     def __enter__(self) -> "Testbed":
@@ -41,12 +54,14 @@ class Testbed:
         self.stop()
 
     def start(self) -> "Testbed":
+        self._owner = os.getpid()
         for sig in (signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, _interrupt)
+            self._saved_handlers[sig] = signal.signal(sig, functools.partial(_interrupt, self._owner))
         self._record = cleanup.record(list(self.topo.nodes()))
         try:
             self.net = Mininet(topo=self.topo, link=ShapedLink, controller=None, autoSetMacs=True,
                                waitConnected=False)
+            cleanup.pin({node.name: node.pid for node in self.net.hosts})
             self.net.start()
             routes = compute_routes(self.graph)
             for node in self.net.hosts:
@@ -57,17 +72,28 @@ class Testbed:
         return self
 
     def stop(self) -> None:
-        """Stop Mininet, then sweep this run's record so no process or namespace survives."""
-        if self.net is not None:
-            for node in self.net.hosts:
-                close_netlink(node)
-            try:
-                self.net.stop()
-            finally:
-                self.net = None
-        if self._record is not None:
-            cleanup.sweep(self._record)
-            self._record = None
+        """Remove every trace of the fabric, even when Ctrl-C interrupted a command on some node.
+
+        Mininet's ``net.stop()`` deletes links one shell command at a time and asserts when a node's shell
+        is still busy with an interrupted command.  Every node here lives in its own network namespace
+        (routers included), so ending the shells and then every process in those namespaces removes the
+        namespaces and, with them, every veth pair and qdisc: nothing is left in the root namespace.
+        """
+        if os.getpid() != self._owner:
+            return  # a forked helper's copy of this object: the fabric is not its to remove
+        try:
+            if self.net is not None:
+                for node in self.net.hosts:
+                    close_netlink(node)
+                    node.terminate()
+        finally:
+            self.net = None
+            if self._record is not None:
+                cleanup.sweep(self._record)
+                self._record = None
+            for sig, handler in self._saved_handlers.items():
+                signal.signal(sig, handler)
+            self._saved_handlers.clear()
 
     # -- access ------------------------------------------------------------------------------------------
 

@@ -17,6 +17,8 @@ happens only when ``reorder_pct`` asks for it.
 import math
 from dataclasses import dataclass
 
+from pyroute2.netlink.rtnl.tcmsg.common import tick_in_usec
+
 from testbed import netem, red
 from testbed.fabric import LinkConfig
 from testbed.units import frame_bytes
@@ -116,7 +118,9 @@ def read_stats(ipr, index: int) -> dict:
     """Counters of the tree on ``index`` as plain data.
 
     ``sent_*`` count what left the bottleneck, ``backlog_*`` what waits in the queue now, ``drops`` every
-    packet the tree discarded (netem loss and buffer overflow), ``ecn_marks`` the packets RED marked CE.
+    packet the tree discarded (netem loss and buffer overflow), ``ecn_marks`` the packets RED marked CE on
+    enqueue (as the kernel counts them: a marked packet that then meets a full buffer is also counted in
+    ``red_overlimit_drops``).
     """
     by_handle = {_handle(q["handle"]): q for q in ipr.get_qdiscs(index=index)}
     queue = _queue_stats(by_handle[RED])
@@ -132,6 +136,24 @@ def read_stats(ipr, index: int) -> dict:
         "ecn_marks": xstats.get("marked", 0),
         "red_early_drops": xstats.get("early", 0),
         "red_overlimit_drops": xstats.get("pdrop", 0),
+    }
+
+
+def read_config(ipr, index: int) -> dict:
+    """What the kernel holds for the tree on ``index``, read back (not what was asked for)."""
+    by_handle = {_handle(q["handle"]): q for q in ipr.get_qdiscs(index=index)}
+    htb_class = next(c for c in ipr.get_classes(index=index) if _handle(c["handle"]) == HTB_CLASS)
+    htb = htb_class.get_attr("TCA_OPTIONS")
+    netem_opts = by_handle[NETEM].get_attr("TCA_OPTIONS")
+    red_opts = by_handle[RED].get_attr("TCA_OPTIONS").get_attr("TCA_RED_PARMS")
+    return {
+        "rate_bytes_per_s": htb.get_attr("TCA_HTB_RATE64") or htb.get_attr("TCA_HTB_PARMS")["rate"],
+        "netem_delay_us": round(netem_opts["delay"] / tick_in_usec),
+        "netem_jitter_us": round(netem_opts["jitter"] / tick_in_usec),
+        "netem_limit_packets": netem_opts["limit"],
+        "buffer_bytes": red_opts["limit"],
+        "ecn_kmin_bytes": red_opts["qth_min"],
+        "ecn_kmax_bytes": red_opts["qth_max"],
     }
 
 

@@ -4,30 +4,51 @@ import json
 from pathlib import Path
 
 import pandas as pd
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 console = Console()
 
 
+def _table(title: str, columns: tuple[str, ...]) -> Table:
+    """A compact table that fits 80 columns (CI logs are not terminals)."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))
+    for column in columns:
+        table.add_column(column, justify="right", no_wrap=True)
+    return table
+
+
+def _verdict(ok: bool) -> str:
+    return "[green]ok[/]" if ok else "[red]OFF[/]"
+
+
 def rtt_table(rows: list[dict]) -> Table:
-    table = Table(title="RTT between sites (ping, first host of each site)")
-    for column in ("sites", "expected ms", "min ms", "avg ms", "max ms", "error", "received"):
-        table.add_column(column, justify="right")
+    table = _table("RTT between sites, ms (expected = propagation + fixed cost at 20 km)",
+                   ("sites", "propag.", "fixed", "expected", "min", "avg", "max", "error", "rx", ""))
     for r in rows:
-        table.add_row(f"{r['src_site']} -> {r['dst_site']}", f"{r['expected_ms']:.3f}", f"{r['min_ms']:.3f}",
-                      f"{r['avg_ms']:.3f}", f"{r['max_ms']:.3f}", f"{r['error_pct']:+.1f} %",
-                      f"{r['received']}/{r['sent']}")
+        table.add_row(f"{r['src_site']}-{r['dst_site']}", f"{r['expected_ms']:.3f}", f"{r['fixed_ms']:.3f}",
+                      f"{r['expected_ms'] + r['fixed_ms']:.3f}", f"{r['min_ms']:.3f}", f"{r['avg_ms']:.2f}",
+                      f"{r['max_ms']:.2f}", f"{r['error_ms']:+.3f}", f"{r['received']}/{r['sent']}",
+                      _verdict(r["ok"]))
     return table
 
 
 def rate_table(rows: list[dict]) -> Table:
-    table = Table(title="DCI rate (iperf3 UDP goodput, offered 1.2x the bottleneck)")
-    for column in ("dci", "path", "configured Mbit/s", "expected goodput", "measured", "error"):
-        table.add_column(column, justify="right")
+    table = _table("DCI rate, Mbit/s (iperf3 UDP goodput at 1.2x offered load)",
+                   ("dci", "path", "link", "expected", "measured", "error", "reordered", ""))
     for r in rows:
-        table.add_row(r["dci"], f"{r['src']} -> {r['dst']}", f"{r['configured_mbps']:g}",
-                      f"{r['expected_mbps']:.2f}", f"{r['measured_mbps']:.2f}", f"{r['error_pct']:+.1f} %")
+        table.add_row(r["dci"], f"{r['src']}->{r['dst']}", f"{r['configured_mbps']:g}",
+                      f"{r['expected_mbps']:.2f}", f"{r['measured_mbps']:.2f}", f"{r['error_pct']:+.1f} %",
+                      str(r["out_of_order"]), _verdict(r["ok"]))
+    return table
+
+
+def frame_table(title: str, frame: pd.DataFrame) -> Table:
+    """Any DataFrame as a compact table (benchmarks print theirs this way)."""
+    table = _table(title, tuple(str(c) for c in frame.columns))
+    for row in frame.itertuples(index=False):
+        table.add_row(*(f"{v:g}" if isinstance(v, float) else str(v) for v in row))
     return table
 
 

@@ -34,6 +34,7 @@ def fabric_graph(topo) -> nx.Graph:
             a, b,
             weight=HOP_WEIGHT_US + round(info["config"].delay_ms * 1000),
             delay_ms=info["config"].delay_ms,
+            dci=info.get("kind") == "dci",
             prefix=str(ipaddress.ip_interface(ip_a).network),
             addr={a: ip_a.split("/")[0], b: ip_b.split("/")[0]},
         )
@@ -58,10 +59,14 @@ def compute_routes(graph: nx.Graph) -> dict[str, list[Route]]:
     return routes
 
 
-def path_delay_ms(graph: nx.Graph, src: str, dst: str) -> float:
-    """One-way propagation delay along the path traffic from ``src`` to ``dst`` takes."""
+def path_delay_ms(graph: nx.Graph, src: str, dst: str, dci_delay_ms: float | None = None) -> float:
+    """One-way propagation delay along the path traffic from ``src`` to ``dst`` takes.
+
+    ``dci_delay_ms`` replaces the delay of every DCI link on the path (routes do not change with it).
+    """
     path = nx.dijkstra_path(graph, src, dst)
-    return sum(graph[a][b]["delay_ms"] for a, b in zip(path, path[1:]))
+    edges = [graph[a][b] for a, b in zip(path, path[1:])]
+    return sum(e["delay_ms"] if dci_delay_ms is None or not e["dci"] else dci_delay_ms for e in edges)
 
 
 def install_routes(ipr, routes: list[Route]) -> None:

@@ -54,6 +54,14 @@ def test_direct_dci_beats_a_shorter_two_hop_detour():
     assert path_delay_ms(graph, "westh1", "easth1") == pytest.approx(5.0)
 
 
+def test_dci_delay_override_changes_only_dci_hops():
+    topo = load_topology("leaf_spine")(sites=3, distance_km=1000)  # dc1 - dc2 - dc3 in a chain
+    graph = fabric_graph(topo)
+    assert path_delay_ms(graph, "dc1h1", "dc3h1") == pytest.approx(10.0)  # two 5 ms DCI hops
+    assert path_delay_ms(graph, "dc1h1", "dc3h1", dci_delay_ms=0.1) == pytest.approx(0.2)
+    assert path_delay_ms(graph, "dc1h1", "dc1h4", dci_delay_ms=0.1) == 0  # stays inside the site
+
+
 def test_every_router_reaches_every_prefix():
     topo = load_topology("three_sites")()
     graph = fabric_graph(topo)

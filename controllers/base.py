@@ -1,0 +1,52 @@
+"""The congestion-control interface a sender's flow drives, one algorithm per module implementing it.
+
+Units, the same everywhere: times are integer nanoseconds on the monotonic clock (``time.monotonic_ns()``,
+the clock the data packets' send timestamps use, see ``testbed.rocev2``), so intervals are exact and
+comparable with packet timestamps; rates are bits per second (``rate_bps``); sizes are bytes.
+
+How a flow drives it: report every event as it happens (``on_send`` for each packet handed to the
+socket, ``on_ack``, ``on_cnp``, ``on_loss`` for a NAK or a detected gap, ``on_timeout`` for a
+retransmission timeout), call ``on_timer`` whenever the clock passes ``next_timer_ns`` (calling it late is
+fine: it then applies every expiry it missed, in order), then pace at ``rate_bps`` and,
+if ``cwnd_bytes`` is not None, keep at most that many bytes unacknowledged.  Events must come in
+non-decreasing time order.  Algorithms override only the events they react to.
+"""
+
+import abc
+
+
+class CongestionControl(abc.ABC):
+    """Sets the sending rate (and optionally a window) of one flow from the signals it sees."""
+
+    @property
+    @abc.abstractmethod
+    def rate_bps(self) -> float:
+        """The rate to pace the flow at now, bits/s."""
+
+    @property
+    def cwnd_bytes(self) -> int | None:
+        """Cap on unacknowledged bytes, or None for a purely rate-based algorithm."""
+        return None
+
+    @property
+    def next_timer_ns(self) -> int | None:
+        """When ``on_timer`` is next due, or None if the algorithm has no timer armed."""
+        return None
+
+    def on_send(self, now_ns: int, nbytes: int) -> None:
+        """``nbytes`` (the UDP payload) were handed to the socket."""
+
+    def on_ack(self, now_ns: int, acked_bytes: int, rtt_ns: int | None) -> None:
+        """An ACK newly acknowledged ``acked_bytes``; ``rtt_ns`` is a round-trip sample if one was taken."""
+
+    def on_cnp(self, now_ns: int) -> None:
+        """A congestion notification packet arrived for this flow."""
+
+    def on_loss(self, now_ns: int) -> None:
+        """A loss was detected without a timeout (a NAK)."""
+
+    def on_timeout(self, now_ns: int) -> None:
+        """The retransmission timer expired."""
+
+    def on_timer(self, now_ns: int) -> None:
+        """The clock reached ``next_timer_ns`` (or later)."""

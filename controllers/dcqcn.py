@@ -1,0 +1,182 @@
+"""DCQCN, the rate control of RoCEv2 NICs, as published and with the knobs named as mlx5 NICs name them.
+
+Source: Zhu et al., "Congestion Control for Large-Scale RDMA Deployments", SIGCOMM 2015.  Reaction point
+(the sender, ``Dcqcn``), with current rate RC, target rate RT and alpha in [0, 1]:
+
+  on a CNP              RT <- RC;  RC <- RC * (1 - alpha / 2);  alpha <- (1 - g) * alpha + g
+                        The cut uses alpha before its update.  The stage counters T and BC and the byte
+                        count reset and the increase timer restarts.  A CNP within
+                        rp_rate_reduce_monitor_period of the previous cut is ignored: it reports the
+                        congestion already reacted to.
+  alpha timer           for each rp_dce_tcp_rtt (K) that passes without a CNP: alpha <- (1 - g) * alpha
+  increase events       every rp_time_reset the timer fires (T <- T + 1) and every rp_byte_reset bytes sent
+                        the byte counter does (BC <- BC + 1); each such event raises the rate once, with
+                        F = rp_threshold:
+    fast recovery         while max(T, BC) <= F:          RC <- (RT + RC) / 2
+    additive increase     while min(T, BC) <= F < max:    RT <- RT + R_AI, then RC as above
+    hyper increase        once min(T, BC) > F:            RT <- RT + i * R_HAI, then RC as above,
+                                                          where i = min(T, BC) - F
+  bounds                rp_min_rate <= RC and RT, RC <= rp_max_rate (the line rate)
+
+So a lone timer (BC stuck at 0) gives F fast-recovery steps and then additive increase for ever; hyper
+increase needs both counters past F, as in QCN, which DCQCN's increase comes from.  As on mlx5 NICs, a
+flow is unthrottled (RC = RT = line rate, no timer) until its first CNP: it has nothing to recover, and
+alpha keeps rp_initial_alpha_value rather than decaying from the flow's start.
+
+Notification point (the receiver, ``CnpPacer``): when a CE-marked packet of a flow arrives and no CNP was
+sent for that flow in the last np_min_time_between_cnps, send one (the paper's N).
+
+Defaults (``DcqcnParams``), for intra-datacenter RTTs of a few microseconds:
+  the paper's   g = 1/256, K = 55 us, F = 5, byte counter 10 MB, N = 50 us, initial alpha 1, and its
+                testbed's 40 Gbit/s line rate;
+  mlx5's        rp_time_reset 300 us, R_AI 5 Mbit/s, R_HAI 50 Mbit/s, rp_min_rate 1 Mbit/s,
+                rate_reduce_monitor_period 4 us (firmware defaults as mlxconfig reports them).
+mlx5 firmware differs elsewhere: rpg_threshold 1, alpha updated once per dce_tcp_rtt = 1 us with
+g = 5/1024 (dce_tcp_g 1019), initial alpha 1023/1024, rpg_byte_reset 32767, min_time_between_cnps 4 us;
+and it has knobs not implemented here: rpg_gd (how alpha maps to the cut in its fixed point),
+rpg_min_dec_fac (a floor on one cut, 50 % by default, which RC * (1 - alpha / 2) never goes below),
+clamp_tgt_rate (here RT <- RC on every cut, as in the paper) and rate_to_set_on_first_cnp.
+
+Slow emulated links: ``DcqcnParams.scaled_to(line_rate_bps)`` multiplies every rate knob and the byte
+counter by line_rate / rp_max_rate, so each keeps the share of the link it has at 40 Gbit/s; times stay, as
+they follow the RTT and the CNP cadence rather than the rate (stretch them with ``dataclasses.replace`` for
+long emulated RTTs).
+"""
+
+import math
+from dataclasses import dataclass, fields, replace
+
+from controllers.base import CongestionControl
+
+
+@dataclass(frozen=True)
+class DcqcnParams:
+    """DCQCN knobs; rates in bits/s, times in ns, the byte counter in bytes."""
+
+    rp_max_rate_bps: float = 40e9
+    rp_min_rate_bps: float = 1e6
+    rp_ai_rate_bps: float = 5e6
+    rp_hai_rate_bps: float = 50e6
+    rp_time_reset_ns: int = 300_000
+    rp_byte_reset_bytes: int = 10_000_000
+    rp_threshold: int = 5
+    rp_dce_tcp_g: float = 1 / 256
+    rp_dce_tcp_rtt_ns: int = 55_000
+    rp_initial_alpha_value: float = 1.0
+    rp_rate_reduce_monitor_period_ns: int = 4_000
+    np_min_time_between_cnps_ns: int = 50_000
+
+    def __post_init__(self) -> None:
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{item.name} must be a finite number >= 0, got {value}")
+        for name in ("rp_min_rate_bps", "rp_time_reset_ns", "rp_byte_reset_bytes", "rp_dce_tcp_rtt_ns"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.rp_min_rate_bps > self.rp_max_rate_bps:
+            raise ValueError(f"rp_min_rate_bps ({self.rp_min_rate_bps}) exceeds rp_max_rate_bps"
+                             f" ({self.rp_max_rate_bps})")
+        if not 0 < self.rp_dce_tcp_g <= 1:
+            raise ValueError(f"rp_dce_tcp_g must be in (0, 1], got {self.rp_dce_tcp_g}")
+        if self.rp_initial_alpha_value > 1:
+            raise ValueError(f"rp_initial_alpha_value must be in [0, 1], got {self.rp_initial_alpha_value}")
+
+    def scaled_to(self, line_rate_bps: float) -> "DcqcnParams":
+        """These parameters for a line rate of ``line_rate_bps``: rates and byte counter scaled, times kept."""
+        if not (math.isfinite(line_rate_bps) and line_rate_bps > 0):
+            raise ValueError(f"line_rate_bps must be a positive finite number, got {line_rate_bps}")
+        scale = line_rate_bps / self.rp_max_rate_bps
+        return replace(self, rp_max_rate_bps=line_rate_bps, rp_min_rate_bps=self.rp_min_rate_bps * scale,
+                       rp_ai_rate_bps=self.rp_ai_rate_bps * scale, rp_hai_rate_bps=self.rp_hai_rate_bps * scale,
+                       rp_byte_reset_bytes=max(1, round(self.rp_byte_reset_bytes * scale)))
+
+
+class Dcqcn(CongestionControl):
+    """DCQCN reaction point of one flow.  It reacts to CNPs only: ACKs, losses and timeouts leave the rate
+    alone, as on RoCE NICs, which recover losses by go-back-N without slowing down."""
+
+    def __init__(self, params: DcqcnParams = DcqcnParams()) -> None:
+        self.params = params
+        self._rc = self._rt = params.rp_max_rate_bps
+        self._alpha = params.rp_initial_alpha_value
+        self._last_cut_ns: int | None = None  # also where alpha's decay steps are counted from
+        self._timer_due_ns: int | None = None
+        self._timer_events = self._byte_events = self._bytes = 0
+
+    @property
+    def rate_bps(self) -> float:
+        return self._rc
+
+    @property
+    def target_rate_bps(self) -> float:
+        return self._rt
+
+    @property
+    def next_timer_ns(self) -> int | None:
+        return self._timer_due_ns
+
+    def alpha_at(self, now_ns: int) -> float:
+        """Alpha at ``now_ns``, after the decay steps of the alpha timer since the last cut."""
+        if self._last_cut_ns is None:
+            return self._alpha
+        steps = (now_ns - self._last_cut_ns) // self.params.rp_dce_tcp_rtt_ns
+        return self._alpha * (1 - self.params.rp_dce_tcp_g) ** steps
+
+    def on_send(self, now_ns: int, nbytes: int) -> None:
+        self._advance(now_ns)
+        if self._last_cut_ns is None:
+            return  # unthrottled: there is nothing to recover
+        self._bytes += nbytes
+        while self._bytes >= self.params.rp_byte_reset_bytes:
+            self._bytes -= self.params.rp_byte_reset_bytes
+            self._byte_events += 1
+            self._increase()
+
+    def on_cnp(self, now_ns: int) -> None:
+        self._advance(now_ns)
+        p = self.params
+        if self._last_cut_ns is not None and now_ns - self._last_cut_ns < p.rp_rate_reduce_monitor_period_ns:
+            return
+        alpha = self.alpha_at(now_ns)
+        self._rt = self._rc
+        self._rc = max(p.rp_min_rate_bps, self._rc * (1 - alpha / 2))
+        self._alpha = (1 - p.rp_dce_tcp_g) * alpha + p.rp_dce_tcp_g
+        self._last_cut_ns = now_ns
+        self._timer_events = self._byte_events = self._bytes = 0
+        self._timer_due_ns = now_ns + p.rp_time_reset_ns
+
+    def on_timer(self, now_ns: int) -> None:
+        self._advance(now_ns)
+
+    def _advance(self, now_ns: int) -> None:
+        """Fire, in order, every increase-timer expiry up to ``now_ns``."""
+        while self._timer_due_ns is not None and self._timer_due_ns <= now_ns:
+            self._timer_due_ns += self.params.rp_time_reset_ns
+            self._timer_events += 1
+            self._increase()
+
+    def _increase(self) -> None:
+        p = self.params
+        low, high = sorted((self._timer_events, self._byte_events))
+        if high > p.rp_threshold:
+            step = p.rp_ai_rate_bps if low <= p.rp_threshold else (low - p.rp_threshold) * p.rp_hai_rate_bps
+            self._rt = min(p.rp_max_rate_bps, self._rt + step)
+        self._rc = (self._rt + self._rc) / 2
+
+
+class CnpPacer:
+    """DCQCN notification point for one flow: at most one CNP per interval while CE-marked packets arrive."""
+
+    def __init__(self, min_interval_ns: int = DcqcnParams.np_min_time_between_cnps_ns) -> None:
+        if min_interval_ns < 0:
+            raise ValueError(f"min_interval_ns must be >= 0, got {min_interval_ns}")
+        self.min_interval_ns = min_interval_ns
+        self._last_cnp_ns: int | None = None
+
+    def on_ce(self, now_ns: int) -> bool:
+        """A CE-marked packet of the flow arrived at ``now_ns``: whether to send a CNP now."""
+        if self._last_cnp_ns is not None and now_ns - self._last_cnp_ns < self.min_interval_ns:
+            return False
+        self._last_cnp_ns = now_ns
+        return True

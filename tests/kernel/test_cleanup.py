@@ -1,0 +1,108 @@
+"""After a run, after Ctrl-C and after kill -9 plus ``testbed clean``, nothing of the testbed remains."""
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from pyroute2 import IPRoute
+
+from testbed import cleanup
+
+pytestmark = pytest.mark.kernel
+
+SMALL = ["leaf_spine", "--sites", "2", "--hosts", "1", "--leaves", "1", "--spines", "1"]
+
+
+def system_state() -> dict:
+    """What a run could leave behind: root-namespace links, network namespaces, node shells, records."""
+    with IPRoute() as ipr:
+        links = sorted(link.get_attr("IFLA_IFNAME") for link in ipr.get_links())
+    namespaces, shells = set(), 0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                namespaces.add(os.stat(entry / "ns/net").st_ino)
+                shells += "mininet:" in (entry / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+    named = sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else []
+    records = sorted(cleanup.RUN_DIR.glob("*.json")) if cleanup.RUN_DIR.is_dir() else []
+    return {"links": links, "namespaces": namespaces, "named_netns": named, "shells": shells, "records": records}
+
+
+def start_run(tmp_path, *extra) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "testbed", "run", *SMALL, "--out", str(tmp_path), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+
+def wait_until_built(run: subprocess.Popen, timeout_s: float = 300) -> str:
+    """Read the run's output until it reports the fabric built; fail if it ends or stalls first."""
+    seen, deadline = "", time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not select.select([run.stdout], [], [], 1)[0]:
+            continue
+        line = run.stdout.readline()
+        if not line:
+            break
+        seen += line
+        if line.startswith("built "):
+            return seen
+    run.kill()
+    raise AssertionError(f"the run did not report a built fabric: {seen}")
+
+
+def test_a_completed_run_leaves_nothing(tmp_path):
+    before = system_state()
+    run = start_run(tmp_path, "--seconds", "1")
+    output = run.communicate(timeout=300)[0]
+    assert run.returncode == 0, output
+    assert (tmp_path / "run.json").exists()
+    assert system_state() == before
+
+
+def test_ctrl_c_leaves_nothing(tmp_path):
+    before = system_state()
+    run = start_run(tmp_path, "--seconds", "60")
+    wait_until_built(run)
+    assert system_state()["shells"] > before["shells"]
+    run.send_signal(signal.SIGINT)
+    output = run.communicate(timeout=120)[0]
+    assert run.returncode == 130, output
+    assert system_state() == before
+
+
+def running(command: str) -> bool:
+    """Whether any process named ``command`` runs (in any namespace)."""
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "comm").read_text().strip() == command:
+                return True
+        except OSError:
+            continue  # exited while we looked
+    return False
+
+
+def test_kill_9_then_testbed_clean_leaves_nothing(tmp_path):
+    """Killed while iperf3 measures the DCI: iperf3 outlives the run (detached) and holds namespaces."""
+    before = system_state()
+    run = start_run(tmp_path, "--seconds", "60")
+    wait_until_built(run)
+    deadline = time.monotonic() + 120
+    while not running("iperf3") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    run.kill()
+    run.wait()
+    left = system_state()
+    assert len(left["records"]) > len(before["records"]), left
+    assert len(left["namespaces"]) > len(before["namespaces"]) and running("iperf3"), left
+    clean = subprocess.run([sys.executable, "-m", "testbed", "clean"], capture_output=True, text=True, timeout=120)
+    assert clean.returncode == 0, clean.stderr
+    assert "killed" in clean.stdout
+    assert system_state() == before
+    assert not running("iperf3")

@@ -1,0 +1,73 @@
+"""The congestion-control interface: both algorithms implement it, and the fixed rate ignores every signal."""
+
+import math
+
+import pytest
+
+from controllers.base import CongestionControl
+from controllers.dcqcn import Dcqcn, DcqcnParams
+from controllers.fixed_rate import FixedRate
+
+ALGORITHMS = [lambda: FixedRate(80e6), lambda: Dcqcn(), lambda: Dcqcn(DcqcnParams().scaled_to(100e6))]
+
+
+def drive(controller: CongestionControl) -> None:
+    """Every event the interface has, in time order, including a late timer call."""
+    now = 0
+    for step in range(200):
+        now += 7_000
+        controller.on_send(now, 4_160)
+        controller.on_ack(now, 4_076, 30_000 if step % 2 else None)
+        if step % 10 == 0:
+            controller.on_cnp(now)
+        if step % 50 == 0:
+            controller.on_loss(now)
+            controller.on_timeout(now)
+        due = controller.next_timer_ns
+        if due is not None and due <= now:
+            controller.on_timer(now + 1_000)
+
+
+def test_the_interface_cannot_be_instantiated_and_needs_only_a_rate():
+    with pytest.raises(TypeError, match="abstract"):
+        CongestionControl()
+
+    class Constant(CongestionControl):
+        @property
+        def rate_bps(self) -> float:
+            return 1e6
+
+    minimal = Constant()
+    drive(minimal)
+    assert (minimal.rate_bps, minimal.cwnd_bytes, minimal.next_timer_ns) == (1e6, None, None)
+
+
+@pytest.mark.parametrize("make", ALGORITHMS, ids=["fixed", "dcqcn", "dcqcn-100M"])
+def test_every_algorithm_implements_the_interface(make):
+    controller = make()
+    assert isinstance(controller, CongestionControl)
+    drive(controller)
+    assert isinstance(controller.rate_bps, float) and math.isfinite(controller.rate_bps) and controller.rate_bps > 0
+    assert controller.cwnd_bytes is None or controller.cwnd_bytes > 0
+    assert controller.next_timer_ns is None or isinstance(controller.next_timer_ns, int)
+
+
+def test_fixed_rate_ignores_every_signal():
+    fixed = FixedRate(80e6)
+    drive(fixed)
+    for now in range(0, 10**9, 10**6):
+        fixed.on_cnp(now)
+        fixed.on_timeout(now)
+    assert (fixed.rate_bps, fixed.cwnd_bytes, fixed.next_timer_ns) == (80e6, None, None)
+
+
+def test_dcqcn_slows_down_under_the_same_signals_the_fixed_rate_ignores():
+    dcqcn = Dcqcn()
+    drive(dcqcn)
+    assert dcqcn.rate_bps < DcqcnParams().rp_max_rate_bps and dcqcn.next_timer_ns is not None
+
+
+@pytest.mark.parametrize("rate", [0, -5, math.inf, math.nan])
+def test_fixed_rate_must_be_positive_and_finite(rate):
+    with pytest.raises(ValueError, match="rate_bps must be a positive finite number"):
+        FixedRate(rate)
