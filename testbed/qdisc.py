@@ -118,21 +118,21 @@ def read_stats(ipr, index: int) -> dict:
     """Counters of the tree on ``index`` as plain data.
 
     ``sent_*`` count what left the bottleneck, ``backlog_*`` what waits in the queue now, ``drops`` every
-    packet the tree discarded (netem loss and buffer overflow), ``ecn_marks`` the packets RED marked CE on
+    packet the tree discarded, ``netem_drops`` those lost to the loss impairment, ``ecn_marks`` the packets RED marked CE on
     enqueue (as the kernel counts them: a marked packet that then meets a full buffer is also counted in
     ``red_overlimit_drops``).
     """
     by_handle = {_handle(q["handle"]): q for q in ipr.get_qdiscs(index=index)}
     queue = _queue_stats(by_handle[RED])
     xstats = by_handle[RED].get_attr("TCA_XSTATS") or {}
-    netem_drops = _queue_stats(by_handle[NETEM])["drops"]
+    tree_drops = _queue_stats(by_handle[NETEM])["drops"]  # a parent counts its children's drops again
     return {
         "sent_bytes": queue["bytes"],
         "sent_packets": queue["packets"],
         "backlog_bytes": queue["backlog"],
         "backlog_packets": queue["qlen"],
-        "drops": queue["drops"] + netem_drops,
-        "netem_drops": netem_drops,
+        "drops": tree_drops,
+        "netem_drops": tree_drops - _queue_stats(by_handle[HTB])["drops"],
         "ecn_marks": xstats.get("marked", 0),
         "red_early_drops": xstats.get("early", 0),
         "red_overlimit_drops": xstats.get("pdrop", 0),

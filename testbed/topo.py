@@ -21,9 +21,16 @@ from testbed.fabric import DciLink, Fabric, LinkConfig, Site
 DCI_POOL = "10.255.0.0/16"
 
 
+IPV4_ONLY = {"net__ipv6__conf__all__disable_ipv6": 1, "net__ipv6__conf__default__disable_ipv6": 1}
+
+
 def _sysctl(node: Node, **values) -> None:
-    """Set namespace-local sysctls of ``node`` (keys use '__' for '.')."""
-    args = " ".join(f"{key.replace('__', '.')}={value}" for key, value in values.items())
+    """Set namespace-local sysctls of ``node`` (keys use '__' for '.').
+
+    Every node is IPv4-only, like the fabric's addressing: otherwise IPv6 neighbour discovery and router
+    solicitations cross the links, get counted and dropped with the workload's packets, and fill captures.
+    """
+    args = " ".join(f"{key.replace('__', '.')}={value}" for key, value in {**IPV4_ONLY, **values}.items())
     node.cmd(f"sysctl -qw {args}")
 
 

@@ -33,7 +33,7 @@ def test_loss_drops_packets_and_resetting_to_zero_stops_the_drops(two_sites):
         link.set(loss_pct=10)
         lost, dropped = pings_and_drops()
         assert 0.10 < lost / 500 < 0.30, lost  # 1 - 0.9**2 = 19 % of round trips
-        assert dropped == lost
+        assert lost <= dropped <= lost + 4  # besides pings, only the borders' ARP refreshes cross the DCI
         link.set(loss_pct=0)
         assert pings_and_drops() == (0, 0)
     finally:
@@ -61,8 +61,9 @@ def test_ecn_capable_traffic_above_threshold_is_marked_counted_and_captured(two_
     west, east = egress(link, "westb"), egress(link, "eastb")
     src, dst = two_sites.hosts("west")[3], two_sites.hosts("east")[3]
     before = west.stats()
-    with DciCapture(two_sites, tmp_path):
+    with DciCapture(two_sites, tmp_path) as capture:
         iperf_udp(src, dst, mbps=60, seconds=2, length=8972, tos=ECT0)  # 1.2x the 50 Mbit/s DCI
+    assert capture.kernel_drops[east.name] == 0, capture.kernel_drops
     after = west.stats()
     marks = after["ecn_marks"] - before["ecn_marks"]
     full_buffer_drops = after["red_overlimit_drops"] - before["red_overlimit_drops"]
