@@ -87,10 +87,15 @@ def cmd_run(args, argv: list[str]) -> int:
         raise UsageError(f"--seconds {args.seconds} must be > 0")
     out = (args.out or Path("results") / f"{Path(args.topology).stem}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     _require_root()
+    reason = microvm.needed()
+    if reason is None:
+        return run_checks(topo, args, out)
+    if args.cli:  # the VM's console does not carry a terminal's input through to Mininet's CLI
+        raise UsageError(f"--cli needs a kernel that emulates links itself ({reason}): use a full kernel, "
+                         "e.g. the Vagrant VM")
     inner = [sys.executable, "-m", "testbed", "run", str(_topology_arg(args.topology)),
              *_without_positional(argv, args.topology), "--out", str(out)]
-    in_vm = microvm.run_if_needed(inner, rwdirs=[out])
-    return run_checks(topo, args, out) if in_vm is None else in_vm
+    return microvm.run(inner, rwdirs=[out], reason=reason)
 
 
 def run_checks(topo: FabricTopo, args, out: Path) -> int:

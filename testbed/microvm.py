@@ -112,12 +112,15 @@ def relay(stream, sink) -> None:
         sink.flush()
 
 
+def needed() -> str | None:
+    """Why this program must move into the microVM, or None (a capable kernel, or inside the VM already)."""
+    return None if inside() else kernel.shortfall()
+
+
 def run_if_needed(argv: list[str], rwdirs: list[Path]) -> int | None:
-    """None where links can be emulated here (a capable kernel, or inside the VM already); else run
-    ``argv`` (this same program, re-invoked) in the microVM, say so in one line, and return its status."""
-    if inside():
-        return None
-    reason = kernel.shortfall()
+    """None where links can be emulated here; else run ``argv`` (this same program, re-invoked) in the
+    microVM, say so in one line, and return its status."""
+    reason = needed()
     return None if reason is None else run(argv, rwdirs, reason)
 
 

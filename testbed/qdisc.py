@@ -118,9 +118,9 @@ def read_stats(ipr, index: int) -> dict:
     """Counters of the tree on ``index`` as plain data.
 
     ``sent_*`` count what left the bottleneck, ``backlog_*`` what waits in the queue now, ``drops`` every
-    packet the tree discarded, ``netem_drops`` those lost to the loss impairment, ``ecn_marks`` the packets RED marked CE on
-    enqueue (as the kernel counts them: a marked packet that then meets a full buffer is also counted in
-    ``red_overlimit_drops``).
+    packet the tree discarded, ``netem_drops`` those lost to the loss impairment, ``ecn_marks`` the
+    packets RED marked CE on enqueue (as the kernel counts them: a marked packet that then meets a full
+    buffer is also counted in ``red_overlimit_drops``).
     """
     by_handle = {_handle(q["handle"]): q for q in ipr.get_qdiscs(index=index)}
     queue = _queue_stats(by_handle[RED])

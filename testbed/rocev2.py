@@ -112,6 +112,10 @@ class MalformedPacket(ValueError):
     """A received UDP payload that is not a packet this transport sends; the message says what is wrong."""
 
 
+class BadIcrc(MalformedPacket):
+    """A packet whose ICRC does not match: corrupted on the way (counted apart from other malformed input)."""
+
+
 class Kind(enum.StrEnum):
     """What a packet is to the transport."""
 
@@ -315,7 +319,7 @@ def _check_icrc(udp_payload: bytes, flow: Flow) -> None:
     expected = _icrc(flow, size, view[:BTH_LEN], (view[BTH_LEN:size - ICRC_LEN],))
     (got,) = _ICRC.unpack_from(view, size - ICRC_LEN)
     if got != expected:
-        raise MalformedPacket(f"bad ICRC {got:#010x}, expected {expected:#010x} for {flow.src_ip}:{flow.src_port}"
+        raise BadIcrc(f"bad ICRC {got:#010x}, expected {expected:#010x} for {flow.src_ip}:{flow.src_port}"
                               f" -> {flow.dst_ip}:{flow.dst_port}")
 
 

@@ -34,6 +34,19 @@ def test_bad_input_is_one_line_and_exit_2(args, message):
     assert records_after == records_before  # nothing was started
 
 
+def test_cli_is_refused_before_a_microvm_boots(monkeypatch, capsys):
+    """Where the kernel cannot emulate links, --cli gets one line and exit 2, and no VM is started."""
+    from testbed import cli, microvm
+
+    monkeypatch.setattr(microvm, "needed", lambda: "kernel 9.9 has no sch_netem")
+    monkeypatch.setattr(microvm, "run", lambda *a, **k: pytest.fail("a microVM was started"))
+    monkeypatch.setattr(cli, "_require_root", lambda: None)
+    assert cli.main(["run", "--cli"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "testbed: error: --cli needs a kernel that emulates links itself (kernel 9.9 has no sch_netem): "
+        "use a full kernel, e.g. the Vagrant VM")
+
+
 def test_topology_script_runs_directly_with_the_same_validation():
     result = subprocess.run([sys.executable, "topologies/two_sites.py", "--distance-km", "-1"],
                             capture_output=True, text=True, timeout=60)
