@@ -52,8 +52,7 @@ class DciCapture:
         for proc in self.procs.values():
             proc.send_signal(signal.SIGINT)
         for name, proc in self.procs.items():
-            stderr = proc.communicate(timeout=30)[1]
-            found = DROPPED.search(stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr or "")
+            found = DROPPED.search(proc.communicate(timeout=30)[1].decode(errors="replace"))
             self.kernel_drops[name] = int(found.group(1)) if found else 0
 
     def _drain(self, timeout_s: float = 10.0) -> None:

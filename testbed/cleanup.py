@@ -26,10 +26,15 @@ NETNS_DIR = Path("/run/netns")
 PROBE_NETNS = re.compile(r"^testbed-probe-(\d+)$")
 
 
+def record_path(owner: int | None = None) -> Path:
+    """Where the record of process ``owner`` (default: this one) lives."""
+    return RUN_DIR / f"{os.getpid() if owner is None else owner}.json"
+
+
 def record(nodes: list[str], vm_pid: int | None = None) -> Path:
     """Write this process's record before it builds anything."""
     RUN_DIR.mkdir(parents=True, exist_ok=True)
-    path = RUN_DIR / f"{os.getpid()}.json"
+    path = record_path()
     path.write_text(json.dumps({"pid": os.getpid(), "started": time.time(), "nodes": nodes, "vm_pid": vm_pid}))
     return path
 

@@ -83,7 +83,7 @@ def stop(vm: subprocess.Popen) -> None:
     if vm.poll() is None:
         os.killpg(vm.pid, signal.SIGKILL)
         vm.wait()
-    (cleanup.RUN_DIR / f"{os.getpid()}.json").unlink(missing_ok=True)
+    cleanup.record_path().unlink(missing_ok=True)
 
 
 def describe(reason: str) -> str:

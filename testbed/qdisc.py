@@ -122,7 +122,7 @@ def read_stats(ipr, index: int) -> dict:
     packets RED marked CE on enqueue (as the kernel counts them: a marked packet that then meets a full
     buffer is also counted in ``red_overlimit_drops``).
     """
-    by_handle = {_handle(q["handle"]): q for q in ipr.get_qdiscs(index=index)}
+    by_handle = _qdiscs_by_handle(ipr, index)
     queue = _queue_stats(by_handle[RED])
     xstats = by_handle[RED].get_attr("TCA_XSTATS") or {}
     tree_drops = _queue_stats(by_handle[NETEM])["drops"]  # a parent counts its children's drops again
@@ -141,7 +141,7 @@ def read_stats(ipr, index: int) -> dict:
 
 def read_config(ipr, index: int) -> dict:
     """What the kernel holds for the tree on ``index``, read back (not what was asked for)."""
-    by_handle = {_handle(q["handle"]): q for q in ipr.get_qdiscs(index=index)}
+    by_handle = _qdiscs_by_handle(ipr, index)
     htb_class = next(c for c in ipr.get_classes(index=index) if _handle(c["handle"]) == HTB_CLASS)
     htb = htb_class.get_attr("TCA_OPTIONS")
     netem_opts = by_handle[NETEM].get_attr("TCA_OPTIONS")
@@ -155,6 +155,11 @@ def read_config(ipr, index: int) -> dict:
         "ecn_kmin_bytes": red_opts["qth_min"],
         "ecn_kmax_bytes": red_opts["qth_max"],
     }
+
+
+def _qdiscs_by_handle(ipr, index: int) -> dict:
+    """The qdiscs on interface ``index`` keyed by handle ("1:", "10:", "20:")."""
+    return {_handle(q["handle"]): q for q in ipr.get_qdiscs(index=index)}
 
 
 def _queue_stats(msg) -> dict:
