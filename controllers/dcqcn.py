@@ -38,9 +38,15 @@ rpg_min_dec_fac (a floor on one cut, 50 % by default, which RC * (1 - alpha / 2)
 clamp_tgt_rate (here RT <- RC on every cut, as in the paper) and rate_to_set_on_first_cnp.
 
 Slow emulated links: ``DcqcnParams.scaled_to(line_rate_bps)`` multiplies every rate knob and the byte
-counter by line_rate / rp_max_rate, so each keeps the share of the link it has at 40 Gbit/s; times stay, as
-they follow the RTT and the CNP cadence rather than the rate (stretch them with ``dataclasses.replace`` for
-long emulated RTTs).
+counter by line_rate / rp_max_rate, so each keeps the share of the link it has at 40 Gbit/s; times stay, so
+their ratio to real propagation delays stays too.  But DCQCN's balance also rests on packet counts: at
+40 Gbit/s the 300 us increase timer spans ~370 packets of 4 KB and CNPs come at most every ~60, so under
+persistent marking cuts outpace recovery.  At 10 Mbit/s a 4 KB packet takes 3.3 ms: a CNP per marked
+packet at most, and ~11 increase steps between two CNPs, so the rate climbs back before every cut and the
+queue keeps growing.  ``stretched(factor)`` multiplies every time knob; ``stretched(40e9 / line_rate)``
+restores the packet counts of the 40 Gbit/s design (a NIC's DCQCN, seen in packets), at the price of
+making the emulated propagation delays that much shorter relative to its timers.  Which ratio to keep is
+a modelling choice; the distance-adaptive controller derives its times from the measured path instead.
 """
 
 import math
@@ -90,6 +96,13 @@ class DcqcnParams:
         return replace(self, rp_max_rate_bps=line_rate_bps, rp_min_rate_bps=self.rp_min_rate_bps * scale,
                        rp_ai_rate_bps=self.rp_ai_rate_bps * scale, rp_hai_rate_bps=self.rp_hai_rate_bps * scale,
                        rp_byte_reset_bytes=max(1, round(self.rp_byte_reset_bytes * scale)))
+
+    def stretched(self, factor: float) -> "DcqcnParams":
+        """These parameters with every time knob multiplied by ``factor`` (see the module docstring)."""
+        if not (math.isfinite(factor) and factor > 0):
+            raise ValueError(f"factor must be a positive finite number, got {factor}")
+        return replace(self, **{item.name: round(getattr(self, item.name) * factor)
+                                for item in fields(self) if item.name.endswith("_ns")})
 
 
 class Dcqcn(CongestionControl):

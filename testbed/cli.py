@@ -26,7 +26,8 @@ DEFAULT_TOPOLOGY = "two_sites"
 TOPOLOGY_FLAGS = {
     "distance_km": float, "sites": int, "hosts": int, "leaves": int, "spines": int,
     "host_bw_mbps": float, "fabric_bw_mbps": float, "dci_bw_mbps": float, "jitter_ms": float,
-    "loss_pct": float, "buffer_bytes": int, "ecn_kmin_bytes": int, "ecn_kmax_bytes": int,
+    "loss_pct": float, "loss_burst_pkts": float, "buffer_bytes": int, "ecn_kmin_bytes": int,
+    "ecn_kmax_bytes": int,
 }
 
 

@@ -27,12 +27,16 @@ class LinkConfig:
 
     ``buffer_bytes`` and the ECN thresholds default (None) to values derived from the rate, the delay and
     the MTU (see ``resolved``), so that no number is hard-coded into the qdiscs.
+
+    ``loss_burst_pkts`` 0 loses packets independently; from 1 up it is the mean number of consecutive
+    packets each loss event takes (``loss_pct`` stays the average), as WAN outages and fades do.
     """
 
     bw_mbps: float
     delay_ms: float = 0.0
     jitter_ms: float = 0.0
     loss_pct: float = 0.0
+    loss_burst_pkts: float = 0.0
     reorder_pct: float = 0.0
     duplicate_pct: float = 0.0
     corrupt_pct: float = 0.0
@@ -65,6 +69,7 @@ class LinkConfig:
             _number(where, name, getattr(self, name), low=0)
         for name in ("loss_pct", "reorder_pct", "duplicate_pct", "corrupt_pct"):
             _number(where, name, getattr(self, name), low=0, high=100)
+        self._check_loss_bursts(where)
         _number(where, "ecn_pmax", self.ecn_pmax, low=0, high=1, low_open=True)
         for name in ("buffer_bytes", "ecn_kmin_bytes", "ecn_kmax_bytes"):
             if getattr(self, name) is not None:
@@ -76,6 +81,18 @@ class LinkConfig:
             raise TopologyError(f"{where}: ecn_kmin_bytes {kmin} must be below ecn_kmax_bytes {kmax}")
         if kmax and buf and kmax > buf:
             raise TopologyError(f"{where}: ecn_kmax_bytes {kmax} exceeds buffer_bytes {buf}")
+
+    def _check_loss_bursts(self, where: str) -> None:
+        """Bursts of ``b`` packets need gaps of at least one packet between them, so the average loss of a
+        Gilbert chain is at most b / (b + 1); 100 % (everything lost) has no bursts and stays allowed."""
+        burst, loss = self.loss_burst_pkts, self.loss_pct
+        _number(where, "loss_burst_pkts", burst)
+        if burst != 0 and burst < 1:
+            raise TopologyError(f"{where}: loss_burst_pkts {burst!r} must be 0 (independent losses) or >= 1")
+        most = 100 * burst / (burst + 1)
+        if burst and most < loss < 100:
+            raise TopologyError(f"{where}: loss_pct {loss!r} with loss_burst_pkts {burst!r} must be "
+                                f"<= {most:.4g} (bursts need gaps) or 100")
 
 
 @dataclass(frozen=True)
@@ -128,6 +145,7 @@ class DciLink:
     delay_ms: float | None = None
     jitter_ms: float = 0.0
     loss_pct: float = 0.0
+    loss_burst_pkts: float = 0.0
     reorder_pct: float = 0.0
     duplicate_pct: float = 0.0
     corrupt_pct: float = 0.0

@@ -4,6 +4,10 @@
         west, east = tb.hosts("west")[0], tb.hosts("east")[0]
         print(west.cmd("ping -c 3", east.IP()))
         tb.dci("west", "east").set(loss_pct=1)
+        qp = connect(tb, west, east)          # a RoCE queue pair (testbed.queue_pair)
+
+Each host gets a software RoCE NIC (``testbed.nic``) on first use: a UDP socket on port 4791 at the host's
+address, made in the host's namespace and owned by this process, closed with the fabric.
 
 Teardown runs on normal exit, on exceptions, on Ctrl-C and on SIGTERM/SIGHUP (turned into
 KeyboardInterrupt so ``finally`` blocks run); a ``kill -9`` leaves the record that ``testbed clean`` sweeps.
@@ -18,6 +22,7 @@ from mininet.net import Mininet
 
 from testbed import cleanup
 from testbed.link import ShapedLink, close_netlink, netlink
+from testbed.nic import Nic
 from testbed.routing import compute_routes, fabric_graph, install_routes
 from testbed.topo import FabricTopo
 
@@ -45,6 +50,7 @@ class Testbed:
         self._record = None
         self._owner = os.getpid()
         self._saved_handlers: dict = {}
+        self._nics: dict[str, Nic] = {}
         setLogLevel(log_level)
 
     def __enter__(self) -> "Testbed":
@@ -82,6 +88,9 @@ class Testbed:
         if os.getpid() != self._owner:
             return  # a forked helper's copy of this object: the fabric is not its to remove
         try:
+            for nic in self._nics.values():
+                nic.close()
+            self._nics.clear()
             if self.net is not None:
                 for node in self.net.hosts:
                     close_netlink(node)
@@ -99,6 +108,13 @@ class Testbed:
 
     def node(self, name: str):
         return self.net[name]
+
+    def nic(self, host) -> Nic:
+        """The RoCE NIC of ``host`` (a node or its name): UDP port 4791 at its address, inside its namespace."""
+        host = self.net[host] if isinstance(host, str) else host
+        if host.name not in self._nics:
+            self._nics[host.name] = Nic(host.IP(), netns=f"/proc/{host.pid}/ns/net")
+        return self._nics[host.name]
 
     def hosts(self, site: str | None = None) -> list:
         """The GPU hosts (not the routers), optionally of one site, in declaration order."""

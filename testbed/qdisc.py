@@ -11,7 +11,8 @@ does not take from the rate.  netem's packet limit is sized for everything that 
 delay (netem's default of 1000 packets caps a 1000 km link at about 3 Gbit/s with 1500-byte frames).  With
 jitter, netem's ``rate`` is set far above the link rate: netem then computes each packet's departure from
 the previous one, so jitter varies the delay without reordering, as a FIFO fibre path does; reordering
-happens only when ``reorder_pct`` asks for it.
+happens only when ``reorder_pct`` asks for it.  With ``loss_burst_pkts``, netem's Gilbert-Elliott model
+decides the losses instead of independent draws (see ``simple_gilbert``).
 """
 
 import math
@@ -51,8 +52,24 @@ def rate_bytes(config: LinkConfig) -> int:
     return round(config.bw_mbps * 1e6 / 8)
 
 
+def simple_gilbert(loss_pct: float, burst_pkts: float) -> dict:
+    """netem Gilbert-Elliott parameters, in percent, for ``loss_pct`` average loss in bursts of ``burst_pkts``.
+
+    Simple Gilbert: the bad state loses every packet (h = 0), the good state none (k1 = 0).  Each packet
+    in the bad state ends the burst with probability r, so bursts last 1 / r packets on average; gaps last
+    1 / p, and the average loss is p / (p + r).  Hence r = 1 / burst and p = r * loss / (1 - loss), which
+    ``LinkConfig.check`` keeps at most 1.
+    """
+    loss, r = loss_pct / 100, 1 / burst_pkts
+    return {"p": 100 * r * loss / (1 - loss), "r": 100 * r, "h": 0, "k1": 0}
+
+
 def netem_params(config: LinkConfig) -> dict:
-    """netem keyword arguments for pyroute2: times in microseconds, probabilities in percent."""
+    """netem keyword arguments for pyroute2: times in microseconds, probabilities in percent.
+
+    Bursty loss goes to the Gilbert-Elliott model with netem's own ``loss`` at 0, so the model alone
+    decides; at 100 % loss there are no bursts to shape and plain loss drops everything.
+    """
     in_flight_s = (config.delay_ms + 4 * config.jitter_ms) / 1000
     limit = max(1000, math.ceil(FAN_IN_HEADROOM * rate_bytes(config) * in_flight_s / MIN_PACKET_BYTES))
     params = {
@@ -67,6 +84,8 @@ def netem_params(config: LinkConfig) -> dict:
     }
     if config.jitter_ms and not config.reorder_pct:
         params["rate"] = min(U32_MAX, ORDER_KEEPING_RATE_FACTOR * rate_bytes(config))
+    if config.loss_burst_pkts and 0 < config.loss_pct < 100:
+        params.update(loss=0, loss_gemodel=simple_gilbert(config.loss_pct, config.loss_burst_pkts))
     return params
 
 
@@ -140,7 +159,11 @@ def read_stats(ipr, index: int) -> dict:
 
 
 def read_config(ipr, index: int) -> dict:
-    """What the kernel holds for the tree on ``index``, read back (not what was asked for)."""
+    """What the kernel holds for the tree on ``index``, read back (not what was asked for).
+
+    Probabilities are in percent; ``netem_loss_gemodel_pct`` is None while netem draws losses independently.
+    """
+    netem.register()  # decodes TCA_NETEM_LOSS, which pyroute2's own netem plugin leaves undecoded
     by_handle = _qdiscs_by_handle(ipr, index)
     htb_class = next(c for c in ipr.get_classes(index=index) if _handle(c["handle"]) == HTB_CLASS)
     htb = htb_class.get_attr("TCA_OPTIONS")
@@ -151,10 +174,24 @@ def read_config(ipr, index: int) -> dict:
         "netem_delay_us": round(netem_opts["delay"] / tick_in_usec),
         "netem_jitter_us": round(netem_opts["jitter"] / tick_in_usec),
         "netem_limit_packets": netem_opts["limit"],
+        "netem_loss_pct": _percent(netem_opts["loss"]),
+        "netem_loss_gemodel_pct": _gemodel_pct(netem_opts),
         "buffer_bytes": red_opts["limit"],
         "ecn_kmin_bytes": red_opts["qth_min"],
         "ecn_kmax_bytes": red_opts["qth_max"],
     }
+
+
+def _gemodel_pct(netem_opts) -> dict | None:
+    """The Gilbert-Elliott parameters netem holds, in percent, or None under plain random loss."""
+    model = netem_opts.get_attr("TCA_NETEM_LOSS")
+    gemodel = None if model is None else model.get_attr("NETEM_LOSS_GE")
+    return None if gemodel is None else {name: _percent(gemodel[name]) for name, _ in gemodel.fields}
+
+
+def _percent(u32: int) -> float:
+    """A kernel probability (0 never .. 2**32 - 1 always) in percent, the inverse of pyroute2's percent2u32."""
+    return 100 * u32 / U32_MAX
 
 
 def _qdiscs_by_handle(ipr, index: int) -> dict:

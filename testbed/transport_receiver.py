@@ -7,7 +7,7 @@ is a duplicate (a go-back-N retransmission of something already delivered): drop
 sender whose ACK was lost learns where the receiver is.  With ``TransportConfig.selective_repeat`` a later
 PSN within ``reorder_window`` is buffered instead of dropped (counted as ``buffered``, not
 ``out_of_order``) and accepted once the gap before it is filled; if a further gap then shows, it is NAKed
-at once, since the packets after it are already here.  A packet failing its ICRC is dropped and counted,
+at once, since the packets after it are already here.  A packet failing its ICRC is dropped (and counted by the NIC),
 and the gap it leaves is then NAKed like a loss.  ECN: every data packet's IP TOS is read (IP_RECVTOS);
 CE-marked ones ask the DCQCN notification point (``CnpPacer``) whether to send a CNP now.
 
@@ -17,21 +17,22 @@ application's to agree on, as with a RoCE SEND).
 """
 
 import collections
+from typing import TYPE_CHECKING
 
 from controllers.dcqcn import CnpPacer
 from testbed import psn
 from testbed.rocev2 import CE, Kind, RocePacket, build_ack, build_cnp, build_nak, ip_tos
-from testbed.transport import FAR_FUTURE_NS, Endpoint, TransportConfig, check_qpns
+from testbed.transport import FAR_FUTURE_NS, QueuePairEnd, TransportConfig
+
+if TYPE_CHECKING:
+    from testbed.nic import Nic
 
 
-class Receiver(Endpoint):
-    """Queue pair ``qpn``'s responder at ``bind``; ACKs, NAKs and CNPs go to the sender's ``peer_qpn``."""
+class Receiver(QueuePairEnd):
+    """Queue pair ``qpn``'s responder on ``nic``; ACKs, NAKs and CNPs go to the sender's ``peer_qpn``."""
 
-    def __init__(self, bind: tuple[str, int], qpn: int, peer_qpn: int,
-                 config: TransportConfig = TransportConfig()) -> None:
-        check_qpns(qpn, peer_qpn)
-        super().__init__(bind, ip_tos(Kind.ACK, config.dscp))
-        self.qpn, self.peer_qpn, self.config = qpn, peer_qpn, config
+    def __init__(self, nic: "Nic", qpn: int, peer_qpn: int, config: TransportConfig = TransportConfig()) -> None:
+        super().__init__(nic, qpn, peer_qpn, config)
         self._cnp_tos, self._ack_tos = ip_tos(Kind.CNP, config.dscp), ip_tos(Kind.ACK, config.dscp)
         self._cnp_pacer = CnpPacer(config.cnp_interval_ns)
         self._expected = config.start_psn
@@ -55,15 +56,21 @@ class Receiver(Endpoint):
         It is the buffer the message was reassembled in, handed over without a copy (messages can be
         tensors of many megabytes); ``numpy.frombuffer`` on it gives a writable array.
         """
-        if not self.run_until(lambda: bool(self._delivered), timeout_s):
+        if not self.run_until(self.has_message, timeout_s):
             raise TimeoutError(f"no message within {timeout_s} s")
         return self._delivered.popleft()
 
-    def _on_datagram(self, data: bytes, tos: int, peer: tuple[str, int], now_ns: int) -> None:
-        packet = self._parse(data, peer)
-        if packet is None:
-            return
-        if packet.kind is not Kind.DATA or packet.dqpn != self.qpn:
+    def has_message(self) -> bool:
+        """True when a delivered message waits to be taken with ``recv``."""
+        return bool(self._delivered)
+
+    @property
+    def waiting(self) -> int:
+        """How many delivered messages wait to be taken with ``recv``."""
+        return len(self._delivered)
+
+    def on_packet(self, packet: RocePacket, tos: int, peer: tuple[str, int], now_ns: int) -> None:
+        if packet.kind is not Kind.DATA:
             self.counters["malformed"] += 1
             return
         self._peer = peer
@@ -94,13 +101,13 @@ class Receiver(Endpoint):
 
     def _send_nak(self) -> None:
         self._nak_outstanding = True
-        nak = build_nak(self.flows(self._peer)[1], dqpn=self.peer_qpn, psn=self._expected, msn=self._msn)
+        nak = build_nak(self.nic.flows(self._peer)[1], dqpn=self.peer_qpn, psn=self._expected, msn=self._msn)
         self._send(nak, "naks_sent")
 
     def _on_ce(self, now_ns: int) -> None:
         self.counters["ce_marked"] += 1
         if self._cnp_pacer.on_ce(now_ns):
-            self._send(build_cnp(self.flows(self._peer)[1], dqpn=self.peer_qpn), "cnps_sent", self._cnp_tos)
+            self._send(build_cnp(self.nic.flows(self._peer)[1], dqpn=self.peer_qpn), "cnps_sent", self._cnp_tos)
             self.series.append(dict(t_ns=now_ns, event="cnp", delivered_bytes=self.counters["bytes"]))
 
     def _accept(self, packet: RocePacket, now_ns: int) -> None:
@@ -142,22 +149,18 @@ class Receiver(Endpoint):
 
     def _send_ack(self) -> None:
         self._unacked, self._ack_due_ns = 0, None
-        ack = build_ack(self.flows(self._peer)[1], dqpn=self.peer_qpn, psn=psn.add(self._expected, -1),
+        ack = build_ack(self.nic.flows(self._peer)[1], dqpn=self.peer_qpn, psn=psn.add(self._expected, -1),
                         msn=self._msn)
         self._send(ack, "acks_sent")
 
     def _send(self, packet: bytes, counter: str, tos: int | None = None) -> None:
-        """Send to the peer, with a one-off TOS if given (CNPs are ECT(1), ACKs and NAKs Not-ECT)."""
-        if tos is not None:
-            self._set_tos(tos)
-        self.sendto(packet, self._peer)
-        if tos is not None:
-            self._set_tos(self._ack_tos)
+        """Send to the peer: ACKs and NAKs Not-ECT, CNPs with ``tos`` (ECT(1))."""
+        self.nic.sendto(packet, self._ack_tos if tos is None else tos, self._peer)
         self.counters[counter] += 1
 
-    def _on_clock(self, now_ns: int) -> None:
+    def on_clock(self, now_ns: int) -> None:
         if self._ack_due_ns is not None and now_ns >= self._ack_due_ns:
             self._send_ack()
 
-    def _next_wakeup_ns(self, now_ns: int) -> int:
+    def next_wakeup_ns(self, now_ns: int) -> int:
         return FAR_FUTURE_NS if self._ack_due_ns is None else self._ack_due_ns

@@ -22,16 +22,21 @@ import collections
 import errno
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from controllers.base import CongestionControl
 from testbed import psn
 from testbed.pacer import Pacer
-from testbed.rocev2 import UDP_HEADER_LEN, Kind, build_data, data_capacity, ip_tos
+from testbed.rocev2 import UDP_HEADER_LEN, Kind, RocePacket, build_data, data_capacity, ip_tos
 from testbed.rto import RttEstimator
-from testbed.transport import FAR_FUTURE_NS, RECV_BATCH, Endpoint, TransportConfig, check_qpns
+from testbed.transport import FAR_FUTURE_NS, QueuePairEnd, TransportConfig
 from testbed.units import IPV4_HEADER_BYTES
 
+if TYPE_CHECKING:
+    from testbed.nic import Nic
+
 IP_UDP_HEADER_BYTES = IPV4_HEADER_BYTES + UDP_HEADER_LEN
+SEND_BATCH = 64  # packets sent per turn of the loop before ACKs get theirs
 
 
 @dataclass(slots=True)
@@ -51,15 +56,15 @@ class _Segment:
         return self.offset + self.size == self.msg_len
 
 
-class Sender(Endpoint):
-    """Queue pair ``qpn``'s requester at ``bind``, sending to the receiver ``peer`` (queue pair ``peer_qpn``)."""
+class Sender(QueuePairEnd):
+    """Queue pair ``qpn``'s requester on ``nic``, sending to queue pair ``peer_qpn`` at the NIC ``peer``."""
 
-    def __init__(self, bind: tuple[str, int], peer: tuple[str, int], qpn: int, peer_qpn: int,
-                 cc: CongestionControl, config: TransportConfig = TransportConfig()) -> None:
-        check_qpns(qpn, peer_qpn)
-        super().__init__(bind, ip_tos(Kind.DATA, config.dscp))
-        self.peer, self.qpn, self.peer_qpn, self.cc, self.config = peer, qpn, peer_qpn, cc, config
-        self._data_flow = self.flows(peer)[1]
+    def __init__(self, nic: "Nic", peer: tuple[str, int], qpn: int, peer_qpn: int, cc: CongestionControl,
+                 config: TransportConfig = TransportConfig()) -> None:
+        super().__init__(nic, qpn, peer_qpn, config)
+        self.peer, self.cc = peer, cc
+        self._tos = ip_tos(Kind.DATA, config.dscp)
+        self._data_flow = nic.flows(peer)[1]
         self._capacity = data_capacity(config.mtu)
         self._pacer = Pacer()
         self._rtt = RttEstimator(config.initial_rto_ns, config.min_rto_ns, config.max_rto_ns)
@@ -99,12 +104,16 @@ class Sender(Endpoint):
 
     def flush(self, timeout_s: float) -> None:
         """Run until every queued message is acknowledged; raises TimeoutError after ``timeout_s``."""
-        if not self.run_until(lambda: self._una == self._end, timeout_s):
+        if not self.run_until(self.all_acknowledged, timeout_s):
             raise TimeoutError(f"{self._end - self._una} packets still unacknowledged after {timeout_s} s")
+
+    def all_acknowledged(self) -> bool:
+        """True when every queued message has been acknowledged."""
+        return self._una == self._end
 
     def set_data_tos(self, tos: int) -> None:
         """Send data with IP TOS ``tos`` from now on (a test hook: CE-mark data where no queue would)."""
-        self._set_tos(tos)
+        self._tos = tos
 
     def stats(self) -> dict:
         """Counters plus the current rate, window, RTT estimate and goodput (acknowledged bits per second)."""
@@ -131,20 +140,20 @@ class Sender(Endpoint):
         cwnd, inflight = self.cc.cwnd_bytes, self._inflight_bytes()
         return cwnd is None or inflight == 0 or inflight + segment.size <= cwnd
 
-    def _on_clock(self, now_ns: int) -> None:
+    def on_clock(self, now_ns: int) -> None:
         timer = self.cc.next_timer_ns
         if timer is not None and now_ns >= timer:
             self.cc.on_timer(now_ns)
         if self._rto_due_ns is not None and now_ns >= self._rto_due_ns:
             self._on_timeout(now_ns)
-        for _ in range(RECV_BATCH):  # then let ACKs in
+        for _ in range(SEND_BATCH):  # then let ACKs in
             index = self._sendable()
             if index is None or self._pacer.delay_ns(now_ns):
                 return
             self._transmit(index, now_ns)
             now_ns = time.monotonic_ns()
 
-    def _next_wakeup_ns(self, now_ns: int) -> int:
+    def next_wakeup_ns(self, now_ns: int) -> int:
         due = [t for t in (self.cc.next_timer_ns, self._rto_due_ns) if t is not None]
         if self._sendable() is not None:
             due.append(now_ns + self._pacer.delay_ns(now_ns))
@@ -168,7 +177,7 @@ class Sender(Endpoint):
                             offset=segment.offset, msg_len=segment.msg_len, payload=data, timestamp_ns=now_ns,
                             ackreq=ackreq, mtu=self.config.mtu)
         try:
-            self.sendto(packet, self.peer)
+            self.nic.sendto(packet, self._tos, self.peer)
         except OSError as error:  # a full socket buffer is a drop, like a NIC's: NAK or RTO recovers it
             if error.errno not in (errno.EAGAIN, errno.ENOBUFS):
                 raise
@@ -190,11 +199,8 @@ class Sender(Endpoint):
         if self._rto_due_ns is None:
             self._rto_due_ns = now_ns + self._rtt.rto_ns
 
-    def _on_datagram(self, data: bytes, tos: int, peer: tuple[str, int], now_ns: int) -> None:
-        packet = self._parse(data, peer)
-        if packet is None:
-            return
-        if packet.dqpn != self.qpn or packet.kind is Kind.DATA:
+    def on_packet(self, packet: RocePacket, tos: int, peer: tuple[str, int], now_ns: int) -> None:
+        if packet.kind is Kind.DATA:
             self.counters["malformed"] += 1
         elif packet.kind is Kind.CNP:
             self.counters["cnps_received"] += 1

@@ -1,15 +1,22 @@
-"""Loss, jitter, reordering and ECN marking on a live DCI link, set and reset at run time."""
+"""Loss, burst loss, jitter, reordering and ECN marking on a live DCI link, set and reset at run time."""
+
+import itertools
+import math
+import re
 
 import pytest
 from scapy.layers.inet import IP
 from scapy.utils import PcapReader
 
 from testbed.capture import DciCapture
+from testbed.link import netlink
+from testbed.qdisc import read_config
 from testbed.verify import iperf_udp, ping
 
 pytestmark = pytest.mark.kernel
 
 ECT0, CE = 0b10, 0b11
+REPLY = re.compile(r"bytes from .* icmp_seq=(\d+)")
 
 
 def egress(link, node_name: str):
@@ -38,6 +45,71 @@ def test_loss_drops_packets_and_resetting_to_zero_stops_the_drops(two_sites):
         assert pings_and_drops() == (0, 0)
     finally:
         link.set(loss_pct=0)
+
+
+def lost_runs(src, dst, count: int, interval_s: float) -> list[int]:
+    """Ping ``count`` times; the lengths of the runs of consecutive pings that got no reply, in order."""
+    replied = {int(seq) for seq in REPLY.findall(src.cmd(f"ping -c {count} -i {interval_s} -W 5 {dst.IP()}"))}
+    lost = [seq not in replied for seq in range(1, count + 1)]
+    return [len(list(run)) for is_lost, run in itertools.groupby(lost) if is_lost]
+
+
+def gilbert_loss_sd(count: int, loss: float, burst: float) -> float:
+    """Standard deviation of the loss fraction of ``count`` packets through a simple Gilbert chain.
+
+    Its losses are correlated, so the binomial variance loss * (1 - loss) / count grows by (1 + l) / (1 - l),
+    where l = 1 - p - r is the chain's second eigenvalue: about 6.6 times for 5 % in bursts of 4.
+    """
+    r = 1 / burst
+    eigen = 1 - r - r * loss / (1 - loss)
+    return math.sqrt(loss * (1 - loss) / count * (1 + eigen) / (1 - eigen))
+
+
+def test_burst_loss_keeps_the_average_loses_in_runs_and_resets_live(two_sites):
+    """5 % loss in bursts of 4, west -> east only, so each lost ping is one packet lost in that direction.
+
+    Bounds are 4.5 standard deviations: of the loss fraction (see gilbert_loss_sd) and of the mean run (a
+    geometric length, variance (1 - r) / r**2, over the runs seen).  Independent loss of 5 % gives runs of
+    1 / 0.95 = 1.05 packets on average.
+    """
+    link = two_sites.dci("west", "east")
+    west, east = egress(link, "westb"), egress(link, "eastb")
+    src, dst = two_sites.hosts("west")[0], two_sites.hosts("east")[0]
+
+    def held() -> tuple[float, dict | None]:
+        config = read_config(netlink(west.node), west.index)
+        return config["netem_loss_pct"], config["netem_loss_gemodel_pct"]
+
+    def measure(count: int) -> tuple[list[int], int, int]:
+        """Runs of lost pings, and the netem drops at the west and east egresses meanwhile."""
+        before = [end.stats()["netem_drops"] for end in (west, east)]
+        runs = lost_runs(src, dst, count, interval_s=0.003)
+        return runs, *(end.stats()["netem_drops"] - b for end, b in zip((west, east), before))
+
+    ping(src, dst, count=1)  # resolve ARP on every hop before the link gets lossy
+    try:
+        west.set(loss_pct=5, loss_burst_pkts=4)
+        assert held() == (0, pytest.approx({"p": 100 / 76, "r": 25, "h": 0, "k1": 0}))  # p = r * 0.05 / 0.95
+        runs, west_drops, east_drops = measure(5000)
+        lost, mean_run = sum(runs), sum(runs) / len(runs)
+        print(f"burst loss: {lost / 5000:.2%} of 5000 in {len(runs)} runs, mean {mean_run:.2f}, max {max(runs)}")
+        assert abs(lost / 5000 - 0.05) <= 4.5 * gilbert_loss_sd(5000, 0.05, 4), runs
+        assert abs(mean_run - 4) <= 4.5 * math.sqrt(0.75 * 4**2 / len(runs)), runs
+        assert lost <= west_drops <= lost + 4 and east_drops == 0  # only ARP refreshes cross besides pings
+
+        west.set(loss_burst_pkts=0)  # the same 5 %, independent again
+        assert held() == (pytest.approx(5), None)
+        runs, _, _ = measure(1000)
+        print(f"independent loss: {sum(runs) / 1000:.2%} of 1000 in {len(runs)} runs, "
+              f"mean {sum(runs) / len(runs):.2f}")
+        assert abs(sum(runs) / 1000 - 0.05) <= 4.5 * math.sqrt(0.05 * 0.95 / 1000), runs
+        assert sum(runs) / len(runs) < 1.5, runs
+
+        west.set(loss_pct=0, loss_burst_pkts=0)
+        assert held() == (0, None)
+        assert measure(500) == ([], 0, 0)
+    finally:
+        west.set(loss_pct=0, loss_burst_pkts=0)
 
 
 def test_jitter_varies_delay_but_reorders_only_when_asked(two_sites):

@@ -4,6 +4,7 @@ Every expected value is computed here from the equations (iterating the recurren
 test.  Times are ns, rates bits/s.
 """
 
+import dataclasses
 import math
 import re
 
@@ -216,6 +217,17 @@ def test_scaled_to_scales_rates_and_byte_counter_and_keeps_times():
     assert (scaled.rp_dce_tcp_g, scaled.rp_threshold) == (G, F)
     with pytest.raises(ValueError, match="line_rate_bps must be a positive finite number, got 0"):
         DcqcnParams().scaled_to(0)
+
+
+def test_stretched_multiplies_every_time_knob_and_nothing_else():
+    base = DcqcnParams().scaled_to(10e6)
+    stretched = base.stretched(4000)
+    assert (stretched.rp_time_reset_ns, stretched.rp_dce_tcp_rtt_ns, stretched.np_min_time_between_cnps_ns,
+            stretched.rp_rate_reduce_monitor_period_ns) == (4000 * T, 4000 * K, 4000 * 50 * US, 4000 * 4 * US)
+    assert dataclasses.replace(stretched, rp_time_reset_ns=T, rp_dce_tcp_rtt_ns=K, np_min_time_between_cnps_ns=50 * US,
+                               rp_rate_reduce_monitor_period_ns=4 * US) == base
+    with pytest.raises(ValueError, match="factor must be a positive finite number, got 0"):
+        base.stretched(0)
 
 
 @pytest.mark.parametrize(("fields", "message"), [

@@ -1,5 +1,7 @@
 """The fabric model: delay arithmetic, derived defaults and validation (native, no kernel)."""
 
+import re
+
 import pytest
 
 from testbed.fabric import DciLink, Fabric, LinkConfig, Site, TopologyError
@@ -15,8 +17,10 @@ def test_propagation_delay_is_five_microseconds_per_km():
 def test_dci_delay_derives_from_distance_unless_overridden():
     assert DciLink("a", "b", distance_km=3000).one_way_delay_ms() == pytest.approx(15.0)
     assert DciLink("a", "b", distance_km=3000, delay_ms=2.5).one_way_delay_ms() == 2.5
-    config = DciLink("a", "b", distance_km=400, bw_mbps=80, jitter_ms=0.3, loss_pct=1).link_config()
-    assert (config.delay_ms, config.bw_mbps, config.jitter_ms, config.loss_pct) == (2.0, 80, 0.3, 1)
+    config = DciLink("a", "b", distance_km=400, bw_mbps=80, jitter_ms=0.3, loss_pct=1,
+                     loss_burst_pkts=3).link_config()
+    assert (config.delay_ms, config.bw_mbps, config.jitter_ms, config.loss_pct, config.loss_burst_pkts) == (
+        2.0, 80, 0.3, 1, 3)
 
 
 def test_bdp_and_goodput_arithmetic():
@@ -58,10 +62,21 @@ def test_valid_fabric_passes():
     ({"ecn_kmin_bytes": 90_000, "ecn_kmax_bytes": 30_000}, "ecn_kmin_bytes 90000 must be below ecn_kmax_bytes"),
     ({"buffer_bytes": 10_000, "ecn_kmax_bytes": 30_000}, "ecn_kmax_bytes 30000 exceeds buffer_bytes 10000"),
     ({"delay_ms": -1}, "dci west-east: delay_ms -1 must be >= 0"),
+    ({"loss_burst_pkts": 0.5}, "dci west-east: loss_burst_pkts 0.5 must be 0 (independent losses) or >= 1"),
+    ({"loss_burst_pkts": -4}, "loss_burst_pkts -4 must be 0 (independent losses) or >= 1"),
+    ({"loss_burst_pkts": "long"}, "loss_burst_pkts 'long' is not a number"),
+    ({"loss_pct": 90, "loss_burst_pkts": 4},
+     "dci west-east: loss_pct 90 with loss_burst_pkts 4 must be <= 80 (bursts need gaps) or 100"),
 ])
 def test_bad_dci_values_name_the_field_and_value(dci, message):
-    with pytest.raises(TopologyError, match=message.replace("(", r"\(")):
+    with pytest.raises(TopologyError, match=re.escape(message)):
         two_sites(**dci).validate()
+
+
+@pytest.mark.parametrize("loss_pct, burst", [(5, 4), (80, 4), (50, 1), (100, 4), (100, 1), (0, 10), (30, 0)])
+def test_loss_bursts_accept_any_average_a_gilbert_chain_can_reach(loss_pct, burst):
+    """Bursts of b packets leave room for at most b / (b + 1) loss; 100 % (no bursts at all) always works."""
+    two_sites(loss_pct=loss_pct, loss_burst_pkts=burst).validate()
 
 
 def test_structural_errors():

@@ -1,11 +1,16 @@
 """The qdisc plans and the netlink encoders behind them (native: no kernel is asked)."""
 
+import struct
+
 import pytest
+from pyroute2.netlink.rtnl.tcmsg import tcmsg
 
 from testbed import netem, red
 from testbed.fabric import LinkConfig
-from testbed.qdisc import htb_class_params, netem_params, plan, red_params
+from testbed.qdisc import U32_MAX, htb_class_params, netem_params, plan, red_params
 from testbed.units import frame_bytes
+
+TCA_OPTIONS, TCA_NETEM_LOSS, NETEM_LOSS_GE = 2, 5, 2  # linux/rtnetlink.h, linux/pkt_sched.h
 
 
 def test_tree_is_netem_then_htb_then_red():
@@ -90,3 +95,71 @@ def test_netem_encoder_sends_zeros_so_impairments_reset():
     assert attrs["TCA_NETEM_CORRUPT"]["prob_corrupt"] == 0
     assert attrs["TCA_NETEM_RATE"]["rate"] == 0
     assert options["loss"] == 0 and options["duplicate"] == 0
+
+
+def netem_options(config: LinkConfig) -> dict:
+    """What the plan's netem call hands pyroute2 for ``config``."""
+    (call,) = [c for c in plan(config.resolved(9000), 9000) if c.kind == "netem"]
+    return netem.get_parameters(call.params)
+
+
+def gemodel(options: dict) -> dict:
+    """The NETEM_LOSS_GE fields among pyroute2 netem options."""
+    (loss,) = [value for name, value in options["attrs"] if name == "TCA_NETEM_LOSS"]
+    (ge,) = [value for name, value in loss["attrs"] if name == "NETEM_LOSS_GE"]
+    return ge
+
+
+def test_burst_loss_is_a_simple_gilbert_chain_with_the_average_loss():
+    """5 % in bursts of 4: r = 1/4 ends a burst, p = r * 0.05 / 0.95 = 1/76 starts one; h = k1 = 0."""
+    options = netem_options(LinkConfig(bw_mbps=50, delay_ms=5, loss_pct=5, loss_burst_pkts=4))
+    assert options["loss"] == 0  # the model alone decides
+    ge = gemodel(options)
+    assert abs(ge["r"] - 2**32 / 4) <= 1 and abs(ge["p"] - 2**32 / 76) <= 1
+    assert ge["h"] == 0 and ge["k1"] == 0  # the bad state loses every packet, the good state none
+    p, r = ge["p"] / U32_MAX, ge["r"] / U32_MAX
+    assert p / (p + r) == pytest.approx(0.05) and 1 / r == pytest.approx(4)
+
+
+@pytest.mark.parametrize("config", [
+    LinkConfig(bw_mbps=50, loss_pct=5),  # independent losses
+    LinkConfig(bw_mbps=50, loss_pct=100, loss_burst_pkts=4),  # everything lost: no bursts to shape
+    LinkConfig(bw_mbps=50, loss_burst_pkts=4),  # no loss at all
+])
+def test_without_bursts_netem_gets_plain_loss_and_no_loss_model(config):
+    """No TCA_NETEM_LOSS: the kernel's netem_change() then goes back to random loss at ``loss``."""
+    options = netem_options(config)
+    assert "TCA_NETEM_LOSS" not in dict(options["attrs"])
+    assert options["loss"] == int(U32_MAX * config.loss_pct / 100)
+
+
+def test_steepest_burst_loss_the_validation_allows_still_encodes():
+    ge = gemodel(netem_options(LinkConfig(bw_mbps=50, loss_pct=80, loss_burst_pkts=4)))
+    assert ge["p"] == U32_MAX  # every gap is a single packet
+
+
+def nested(data: bytes) -> dict[int, bytes]:
+    """Netlink attributes (type without flags -> payload), parsed by hand as the kernel's nla_parse does."""
+    attrs = {}
+    while len(data) >= 4:
+        length, kind = struct.unpack_from("=HH", data)
+        attrs[kind & 0x3FFF] = data[4:length]
+        data = data[(length + 3) & ~3:]
+    return attrs
+
+
+def test_gilbert_model_reaches_the_wire_as_the_kernel_reads_it_and_decodes_back():
+    options = netem_options(LinkConfig(bw_mbps=50, delay_ms=5, loss_pct=5, loss_burst_pkts=4))
+    expected = tuple(gemodel(options)[name] for name in ("p", "r", "h", "k1"))  # struct tc_netem_gemodel
+    netem.register()  # pyroute2 decodes TCA_OPTIONS with the registered plugin
+    msg = tcmsg()
+    msg["attrs"] = [["TCA_KIND", "netem"], ["TCA_OPTIONS", options]]
+    msg.encode()
+    header_bytes = 16 + 20  # nlmsghdr, struct tcmsg
+    qopt_bytes = 24  # struct tc_netem_qopt, followed by netem's own attributes
+    netem_attrs = nested(nested(msg.data[header_bytes:])[TCA_OPTIONS][qopt_bytes:])
+    assert struct.unpack("=4I", nested(netem_attrs[TCA_NETEM_LOSS])[NETEM_LOSS_GE]) == expected
+    decoded = tcmsg(msg.data)
+    decoded.decode()
+    model = decoded.get_attr("TCA_OPTIONS").get_attr("TCA_NETEM_LOSS").get_attr("NETEM_LOSS_GE")
+    assert (model["p"], model["r"], model["h"], model["k1"]) == expected

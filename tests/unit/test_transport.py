@@ -1,6 +1,6 @@
 """The UDP transport end to end on loopback: exact delivery, recovery from injected faults, ECN, pacing, wrap.
 
-Faults are injected deterministically by wrapping the sender's ``sendto`` (transmissions are numbered
+Faults are injected deterministically by wrapping the sending NIC's ``sendto`` (transmissions are numbered
 from 0, retransmissions included).  Expected counts are derived here from the injected faults and the
 message sizes, not read back from the code under test.
 """
@@ -23,6 +23,7 @@ from testbed.pacer import Pacer
 from testbed.psn import PSN_MODULUS
 from testbed.rocev2 import CE, Flow, parse
 from testbed.rto import RttEstimator
+from testbed.nic import Nic
 from testbed.transport import TransportConfig
 from testbed.transport_receiver import Receiver
 from testbed.transport_sender import Sender
@@ -41,9 +42,9 @@ def packets_for(size: int) -> int:
 
 @contextmanager
 def queue_pair(cc=None, config: TransportConfig = CONFIG):
-    with Receiver((LOCAL, 0), RQPN, SQPN, config) as receiver, \
-            Sender((LOCAL, 0), receiver.address, SQPN, RQPN, cc or FixedRate(200e6), config) as sender:
-        yield sender, receiver
+    with Nic(LOCAL, 0) as receiving, Nic(LOCAL, 0) as sending:
+        receiver = Receiver(receiving, RQPN, SQPN, config)
+        yield Sender(sending, receiving.address, SQPN, RQPN, cc or FixedRate(200e6), config), receiver
 
 
 @contextmanager
@@ -86,7 +87,7 @@ class Faults:
         self.applied: dict[str, int] = {}
         self.held: tuple | None = None
 
-    def __call__(self, packet: bytes, address) -> None:
+    def __call__(self, packet: bytes, tos: int, address) -> None:
         psn = packet[9:12]  # the BTH's PSN
         first = None if psn in self.psns else len(self.psns)
         repeat = None if first is not None else self.count - len(self.psns)
@@ -95,17 +96,23 @@ class Faults:
         self.count += 1
         self.applied[action] = self.applied.get(action, 0) + 1
         if action == "hold":
-            self.held = packet, address
+            self.held = packet, tos, address
             return
         if action == "corrupt":
             packet = packet[:40] + bytes([packet[40] ^ 0xFF]) + packet[41:]
         if action != "drop":
-            self.sendto(packet, address)
+            self.sendto(packet, tos, address)
         if action == "dup":
-            self.sendto(packet, address)
+            self.sendto(packet, tos, address)
         if self.held:
             self.sendto(*self.held)
             self.held = None
+
+
+def inject(sender: Sender, plan: Callable[[int, int | None, int | None], str]) -> Faults:
+    """Apply ``plan`` to everything ``sender``'s NIC sends from now on."""
+    faults = sender.nic.sendto = Faults(sender.nic.sendto, plan)
+    return faults
 
 
 def every_kth_new_packet_lost(k: int) -> Callable[[int, int | None, int | None], str]:
@@ -137,7 +144,8 @@ def check_accounting(sender: Sender, receiver: Receiver, faults: Faults, unique:
     """Every transmission is accounted for at the receiver, and each PSN was accepted exactly once."""
     counters, stats = receiver.counters, sender.stats()
     arrived = faults.count - faults.applied.get("drop", 0) + faults.applied.get("dup", 0)
-    assert counters["packets"] + counters["duplicates"] + counters["out_of_order"] + counters["bad_icrc"] == arrived
+    corrupted = receiver.nic.counters["bad_icrc"]
+    assert counters["packets"] + counters["duplicates"] + counters["out_of_order"] + corrupted == arrived
     assert counters["packets"] == unique
     assert stats["packets_sent"] == faults.count == unique + stats["retransmitted_packets"]
     assert stats["naks_received"] == counters["naks_sent"]
@@ -150,7 +158,7 @@ def test_every_kth_packet_dropped_is_recovered(k):
     messages = payloads([120_000, 3_333, 77_777])
     unique = sum(map(packets_for, map(len, messages)))
     with queue_pair() as (sender, receiver):
-        faults = sender.sendto = Faults(sender.sendto, every_kth_new_packet_lost(k))
+        faults = inject(sender, every_kth_new_packet_lost(k))
         assert transfer(sender, receiver, messages) == messages
         check_accounting(sender, receiver, faults, unique)
         stats = sender.stats()
@@ -165,7 +173,7 @@ def test_a_burst_of_five_percent_lost_costs_one_nak_and_no_timeout():
     unique = packets_for(400_000)
     burst = range(100, 100 + unique // 20)
     with queue_pair() as (sender, receiver):
-        faults = sender.sendto = Faults(sender.sendto, lambda n, first, repeat: "drop" if n in burst else "pass")
+        faults = inject(sender, lambda n, first, repeat: "drop" if n in burst else "pass")
         assert transfer(sender, receiver, messages) == messages
         check_accounting(sender, receiver, faults, unique)
         stats = sender.stats()
@@ -182,7 +190,7 @@ def test_selective_repeat_resends_exactly_the_lost_packets(k):
     unique = sum(map(packets_for, map(len, messages)))
     assert (unique - 1) % k != k - 1  # the tail is not lost, so NAKs alone recover
     with queue_pair(config=SELECTIVE) as (sender, receiver):
-        faults = sender.sendto = Faults(sender.sendto, every_kth_new_packet_lost(k))
+        faults = inject(sender, every_kth_new_packet_lost(k))
         assert transfer(sender, receiver, messages) == messages
         check_accounting(sender, receiver, faults, unique)
     drops = unique // k
@@ -197,8 +205,7 @@ def test_selective_repeat_recovers_a_burst_hole_by_hole_and_a_lost_repair_by_tim
     burst = set(range(50, 60))
     with queue_pair(config=SELECTIVE) as (sender, receiver):
         # the 10-packet burst, then the first repair (of packet 50)
-        faults = sender.sendto = Faults(sender.sendto,
-                                        lambda n, first, repeat: "drop" if first in burst or repeat == 0 else "pass")
+        faults = inject(sender, lambda n, first, repeat: "drop" if first in burst or repeat == 0 else "pass")
         assert transfer(sender, receiver, messages) == messages
         check_accounting(sender, receiver, faults, unique)
     assert sender.counters["retransmitted_packets"] == len(burst) + 1 and sender.counters["timeouts"] == 1
@@ -208,7 +215,7 @@ def test_selective_repeat_recovers_a_burst_hole_by_hole_and_a_lost_repair_by_tim
 def test_duplicates_are_dropped_and_reacked():
     messages = payloads([60_000, 5_000])
     with queue_pair() as (sender, receiver):
-        faults = sender.sendto = Faults(sender.sendto, lambda n, first, repeat: "dup" if n in (3, 17, 40) else "pass")
+        faults = inject(sender, lambda n, first, repeat: "dup" if n in (3, 17, 40) else "pass")
         assert transfer(sender, receiver, messages) == messages
         check_accounting(sender, receiver, faults, packets_for(60_000) + packets_for(5_000))
     assert receiver.counters["duplicates"] == 3 and receiver.counters["naks_sent"] == 0
@@ -218,7 +225,7 @@ def test_duplicates_are_dropped_and_reacked():
 def test_two_packets_swapped_are_naked_and_recovered():
     messages = payloads([80_000])
     with queue_pair() as (sender, receiver):
-        faults = sender.sendto = Faults(sender.sendto, lambda n, first, repeat: "hold" if n == 10 else "pass")
+        faults = inject(sender, lambda n, first, repeat: "hold" if n == 10 else "pass")
         assert transfer(sender, receiver, messages) == messages
         check_accounting(sender, receiver, faults, packets_for(80_000))
     assert receiver.counters["out_of_order"] >= 1 and receiver.counters["naks_sent"] >= 1
@@ -227,10 +234,10 @@ def test_two_packets_swapped_are_naked_and_recovered():
 def test_a_corrupted_packet_fails_its_icrc_and_is_retransmitted():
     messages = payloads([50_000])
     with queue_pair() as (sender, receiver):
-        faults = sender.sendto = Faults(sender.sendto, lambda n, first, repeat: "corrupt" if n == 7 else "pass")
+        faults = inject(sender, lambda n, first, repeat: "corrupt" if n == 7 else "pass")
         assert transfer(sender, receiver, messages) == messages
         check_accounting(sender, receiver, faults, packets_for(50_000))
-    assert receiver.counters["bad_icrc"] == 1 and receiver.counters["naks_sent"] == 1
+    assert receiver.nic.counters["bad_icrc"] == 1 and receiver.counters["naks_sent"] == 1
     assert sender.counters["retransmitted_packets"] >= 1
 
 
@@ -238,7 +245,7 @@ def test_a_lost_tail_is_recovered_by_the_retransmission_timeout():
     messages = payloads([10_000])
     last = packets_for(10_000) - 1
     with queue_pair() as (sender, receiver):
-        faults = sender.sendto = Faults(sender.sendto, lambda n, first, repeat: "drop" if n == last else "pass")
+        faults = inject(sender, lambda n, first, repeat: "drop" if n == last else "pass")
         started = time.monotonic()
         assert transfer(sender, receiver, messages) == messages
         elapsed = time.monotonic() - started
@@ -275,8 +282,9 @@ def test_unmarked_data_brings_no_cnp():
 
 def serve_in_child(conn, config: TransportConfig) -> None:
     """A receiver in its own process (no GIL shared with the sender), until the parent says stop."""
-    with Receiver((LOCAL, 0), RQPN, SQPN, config) as receiver:
-        conn.send(receiver.address)
+    with Nic(LOCAL, 0) as nic:
+        receiver = Receiver(nic, RQPN, SQPN, config)
+        conn.send(nic.address)
         receiver.run_until(conn.poll, 30)
         conn.send(receiver.counters["bytes"])
 
@@ -289,10 +297,11 @@ def test_pacing_is_within_five_percent_of_the_rate(rate_bps):
     receiver = multiprocessing.get_context("fork").Process(target=serve_in_child, args=(child, config))
     receiver.start()
     try:
-        with Sender((LOCAL, 0), parent.recv(), SQPN, RQPN, FixedRate(rate_bps), config) as sender:
-            send = sender.sendto
-            sender.sendto = lambda packet, address: (sends.append((time.monotonic_ns(), len(packet), packet[9:12])),
-                                                     send(packet, address))
+        with Nic(LOCAL, 0) as nic:
+            sender = Sender(nic, parent.recv(), SQPN, RQPN, FixedRate(rate_bps), config)
+            send = nic.sendto
+            nic.sendto = lambda packet, tos, address: (sends.append((time.monotonic_ns(), len(packet), packet[9:12])),
+                                                       send(packet, tos, address))
             sender.send(bytes(size))
             sender.flush(3)
     finally:
@@ -332,9 +341,10 @@ def test_psns_wrap_around_during_a_transfer_even_across_a_loss(selective_repeat)
     messages = payloads([100 * CAP + 5])
     psns: list[int] = []
     with queue_pair(config=config) as (sender, receiver):
-        flow = Flow(LOCAL, LOCAL, sender.address[1], receiver.address[1])
-        faults = Faults(sender.sendto, lambda n, first, repeat: "drop" if n in (19, 25) else "pass")
-        sender.sendto = lambda packet, address: (psns.append(parse(packet, flow).psn), faults(packet, address))
+        flow = Flow(LOCAL, LOCAL, sender.nic.address[1], receiver.nic.address[1])
+        faults = Faults(sender.nic.sendto, lambda n, first, repeat: "drop" if n in (19, 25) else "pass")
+        sender.nic.sendto = lambda packet, tos, address: (psns.append(parse(packet, flow).psn),
+                                                          faults(packet, tos, address))
         assert transfer(sender, receiver, messages) == messages
         check_accounting(sender, receiver, faults, 101)
     assert psns[:21] == [*range(start, PSN_MODULUS), 0] and max(psns) == PSN_MODULUS - 1 and 0 in psns
@@ -375,7 +385,7 @@ def test_the_flow_drives_every_congestion_control_event():
     messages = payloads([200_000])
     last = packets_for(200_000) - 1
     with queue_pair(cc) as (sender, receiver):
-        sender.sendto = Faults(sender.sendto, lambda n, first, repeat: "drop" if first in (30, last) else "pass")
+        inject(sender, lambda n, first, repeat: "drop" if first in (30, last) else "pass")
         time.sleep(0.002)
         transfer(sender, receiver, messages)
         stats = sender.stats()
@@ -426,9 +436,13 @@ def test_bad_settings_are_rejected_in_one_line():
         TransportConfig(mtu=1500)
     with pytest.raises(ValueError, match="start_psn must be in"):
         TransportConfig(start_psn=PSN_MODULUS)
-    with pytest.raises(ValueError, match=r"peer_qpn must be in \[0, 16777215\]"):
-        Receiver((LOCAL, 0), RQPN, 1 << 24)
+    with Nic(LOCAL, 0) as nic:
+        with pytest.raises(ValueError, match=r"peer_qpn must be in \[0, 16777215\]"):
+            Receiver(nic, RQPN, 1 << 24)
+        Receiver(nic, RQPN, SQPN)
+        with pytest.raises(ValueError, match=f"QP {RQPN} is already in use"):
+            Sender(nic, nic.address, RQPN, SQPN, FixedRate(1e6))
     with pytest.raises(ValueError, match="bind to a concrete IPv4 address"):
-        Receiver(("0.0.0.0", 0), RQPN, SQPN)
+        Nic("0.0.0.0", 0)
     with pytest.raises(ValueError, match="initial_rto_ns"):
         RttEstimator(initial_rto_ns=1, min_rto_ns=10, max_rto_ns=100)

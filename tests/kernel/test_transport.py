@@ -1,0 +1,219 @@
+"""RoCE queue pairs between hosts of a live two-site fabric: delivery, recovery from netem faults, DCQCN, captures.
+
+The DCI is 1000 km (5 ms each way) at 50 Mbit/s, hosts attach at 100 Mbit/s.  All flows run in this one
+Python process, which under TCG emulation moves about 25 Mbit/s of 4 KB packets (natively about 1 Gbit/s),
+so the flows here are paced at rates it sustains: a CPU-bound event loop would inflate RTTs and hide
+the network's behaviour.  Reliability tests pace below the DCI rate, so what they exercise is recovery
+from the impairment, not congestion; the DCQCN test offers twice the (slowed) DCI rate on purpose.
+"""
+
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from controllers.dcqcn import Dcqcn, DcqcnParams
+from controllers.fixed_rate import FixedRate
+from testbed.capture import DciCapture
+from testbed.nic import run
+from testbed.queue_pair import connect, exchange, line_rate_bps
+from testbed.rocev2 import data_capacity
+from testbed.transport import TransportConfig
+from testbed.verify import ping
+
+pytestmark = pytest.mark.kernel
+
+ONE_WAY_MS = 5.0  # 1000 km at 5 us/km
+FLOW_BPS = 20e6
+
+
+def payloads(*sizes: int, seed: int = 3) -> list[bytes]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, size, dtype=np.uint8).tobytes() for size in sizes]
+
+
+def packets_for(messages: list, mtu: int = TransportConfig().mtu) -> int:
+    return sum(max(1, -(-len(m) // data_capacity(mtu))) for m in messages)
+
+
+def hosts(tb, index: int):
+    """West and east host ``index``, with ARP resolved on the path (a first UDP burst must not meet it)."""
+    west, east = tb.hosts("west")[index], tb.hosts("east")[index]
+    ping(west, east, count=1)
+    return west, east
+
+
+def min_rtt_ms(qp) -> float:
+    """The smallest RTT sample of the flow: its path's base RTT, without the queueing it caused."""
+    return min(row["rtt_ns"] for row in qp.sender.series if row["rtt_ns"] is not None) / 1e6
+
+
+def test_an_intra_site_and_a_cross_site_flow_deliver_intact_data_at_the_same_time(two_sites):
+    west, east = hosts(two_sites, 0)
+    source, neighbour = two_sites.hosts("west")[2:4]
+    ping(source, neighbour, count=1)
+    array = (np.arange(300_000, dtype=np.float32) / 7).reshape(600, 500)
+    messages = payloads(0, 1, 4075, 4076, 4077, 1_000_000)
+    with connect(two_sites, source, neighbour, cc=FixedRate(FLOW_BPS / 2)) as local, \
+            connect(two_sites, west, east, cc=FixedRate(FLOW_BPS / 2)) as remote:
+        delivered = exchange([(local, [*messages, array]), (remote, [*messages, array])])
+        for qp, got in zip((local, remote), delivered):
+            assert got[:-1] == messages
+            np.testing.assert_array_equal(np.frombuffer(got[-1], dtype=np.float32).reshape(600, 500), array)
+            stats = qp.stats()
+            assert stats["rx_messages"] == len(messages) + 1
+            assert stats["rx_packets"] == packets_for([*messages, array.tobytes()])  # each PSN accepted once
+            assert stats["bytes_acked"] == sum(map(len, messages)) + array.nbytes
+        local_rtt_ms, remote_rtt_ms = min_rtt_ms(local), min_rtt_ms(remote)
+        goodputs = [qp.stats()["goodput_bps"] / 1e6 for qp in (local, remote)]
+    print(f"base RTT: intra-site {local_rtt_ms:.2f} ms, across the DCI {remote_rtt_ms:.2f} ms;"
+          f" goodput {goodputs[0]:.1f} and {goodputs[1]:.1f} Mbit/s")
+    assert local_rtt_ms < 5
+    assert 2 * ONE_WAY_MS < remote_rtt_ms < 2 * ONE_WAY_MS + 5  # plus serialisation of 4 KB packets per hop
+
+
+IMPAIRMENTS = {
+    "loss 1 %": dict(loss_pct=1),
+    "loss 5 % in bursts of 4": dict(loss_pct=5, loss_burst_pkts=4),
+    "reorder 25 %": dict(jitter_ms=1, reorder_pct=25),
+    "duplicate 5 %": dict(duplicate_pct=5),
+    "corrupt 5 %": dict(corrupt_pct=5),
+}
+
+
+@pytest.mark.parametrize("selective_repeat", [False, True], ids=["go-back-N", "selective repeat"])
+@pytest.mark.parametrize("impairment", IMPAIRMENTS)
+def test_every_byte_arrives_exactly_once_through_an_impaired_dci(two_sites, impairment, selective_repeat):
+    west, east = hosts(two_sites, 1)
+    link = two_sites.dci("west", "east")
+    messages = payloads(3_000_000, 12_345, 1)
+    config = TransportConfig(selective_repeat=selective_repeat)
+    with connect(two_sites, west, east, cc=FixedRate(FLOW_BPS), config=config) as qp:
+        link.set(**IMPAIRMENTS[impairment])
+        try:
+            delivered = exchange([(qp, messages)], timeout_s=120)[0]
+        finally:
+            link.set(**{name: 0 for name in IMPAIRMENTS[impairment]})
+        stats = qp.stats()
+    print(impairment, {k: stats[k] for k in ("packets_sent", "retransmitted_packets", "naks_received", "timeouts",
+                                             "rx_duplicates", "rx_out_of_order", "rx_buffered", "goodput_bps")})
+    assert delivered == messages
+    assert stats["rx_messages"] == len(messages) and stats["rx_bytes"] == sum(map(len, messages))
+    assert stats["rx_packets"] == packets_for(messages)  # each PSN accepted exactly once
+    if impairment == "duplicate 5 %":
+        assert stats["rx_duplicates"] > 0
+    else:
+        assert stats["retransmitted_packets"] > 0
+
+
+def test_a_dci_outage_of_two_seconds_is_ridden_out(two_sites):
+    west, east = hosts(two_sites, 2)
+    link = two_sites.dci("west", "east")
+    before, during = payloads(500_000, 2_000_000, seed=5)
+    with connect(two_sites, west, east, cc=FixedRate(FLOW_BPS)) as qp:
+        assert exchange([(qp, [before])])[0] == [before]
+        link.set(loss_pct=100)
+        try:
+            qp.send(during)
+            down = time.monotonic()
+            assert not run(qp.nics, qp.receiver.has_message, timeout_s=2.0)
+        finally:
+            link.set(loss_pct=0)
+        assert qp.recv(timeout_s=60) == during
+        qp.flush()
+        stats = qp.stats()
+    print(f"outage recovered: message delivered {time.monotonic() - down:.2f} s after the link went down,"
+          f" {stats['timeouts']} timeouts, {stats['retransmitted_packets']} retransmissions")
+    assert stats["timeouts"] >= 2 and stats["retransmitted_packets"] > 0
+    assert stats["rx_messages"] == 2 and stats["rx_packets"] == packets_for([before, during])
+
+
+def dci_queue_while(tb, qp, message: bytes) -> tuple[list[int], dict]:
+    """Send ``message`` on ``qp`` and sample the west DCI egress backlog (bytes) every 50 ms until it is acked.
+
+    (Each sample is a few netlink round trips through pyroute2's namespace proxy: costly under TCG.)
+    """
+    egress = next(i for i in (tb.dci("west", "east").intf1, tb.dci("west", "east").intf2) if i.node.name == "westb")
+    before, samples, next_sample = egress.stats(), [], 0.0
+
+    def sampled_and_done() -> bool:
+        nonlocal next_sample
+        if time.monotonic() >= next_sample:
+            samples.append(egress.stats()["backlog_bytes"])
+            next_sample = time.monotonic() + 0.05
+        return qp.sender.all_acknowledged()
+
+    qp.send(message)
+    assert run(qp.nics, sampled_and_done, timeout_s=120)
+    assert qp.recv(0) == message
+    after = egress.stats()
+    return samples, {name: after[name] - before[name] for name in ("ecn_marks", "red_overlimit_drops")}
+
+
+def dcqcn_in_packets(line_rate_bps: float) -> DcqcnParams:
+    """The NIC defaults scaled to ``line_rate_bps``, times stretched by as much as the rate shrank."""
+    defaults = DcqcnParams()
+    return defaults.scaled_to(line_rate_bps).stretched(defaults.rp_max_rate_bps / line_rate_bps)
+
+
+def test_dcqcn_cuts_its_rate_on_cnps_and_keeps_the_dci_queue_below_its_buffer(two_sites):
+    """Twice the DCI rate offered: without congestion control the queue fills and overflows; with DCQCN
+    the receiver sees CE, sends CNPs, the sender cuts below the DCI rate and the buffer never overflows.
+
+    The DCI is slowed to a quarter of what the sender sustains under emulation, and the sender's line rate
+    is twice that: a 2 MB message then overflows the DCI buffer at a fixed rate.  DCQCN's times are
+    stretched to keep its 40 Gbit/s packet counts (see controllers/dcqcn.py): with its microsecond timers
+    at 10 Mbit/s the rate climbs back between any two CNPs and the queue kept growing (482 KB of 577 KB
+    after 2 MB, measured).
+    """
+    west, east = hosts(two_sites, 3)
+    link = two_sites.dci("west", "east")
+    dci_bps, line_rate = FLOW_BPS / 4, FLOW_BPS / 2
+    message = payloads(2_000_000, seed=7)[0]
+    usual_mbps = link.intf1.shape.bw_mbps
+    link.set(bw_mbps=dci_bps / 1e6)
+    try:
+        buffer = link.intf1.shape.resolved(link.intf1.mtu).buffer_bytes
+        with connect(two_sites, west, east, cc=FixedRate(line_rate)) as blind:
+            blind_queue, blind_red = dci_queue_while(two_sites, blind, message)
+        with connect(two_sites, west, east, cc=Dcqcn(dcqcn_in_packets(line_rate))) as qp:
+            queue, red = dci_queue_while(two_sites, qp, message)
+            stats, series = qp.stats(), qp.series()
+    finally:
+        link.set(bw_mbps=usual_mbps)
+    lowest_rate = min(row["rate_bps"] for row in series if row["end"] == "sender")
+    print(f"fixed rate: peak queue {max(blind_queue)} B of {buffer}, {blind_red}; DCQCN: peak {max(queue)} B,"
+          f" {red}, {stats['cnps_received']} CNPs, lowest rate {lowest_rate / 1e6:.2f} Mbit/s,"
+          f" goodput {stats['goodput_bps'] / 1e6:.1f} Mbit/s")
+    assert blind_red["red_overlimit_drops"] > 0 and max(blind_queue) > buffer / 2
+    assert stats["rx_ce_marked"] > 0 and stats["rx_cnps_sent"] > 0 and stats["cnps_received"] > 0
+    assert lowest_rate <= dci_bps
+    assert red["red_overlimit_drops"] == 0 and max(queue) < buffer / 2
+
+
+def tshark_fields(pcap, *fields: str) -> list[list[str]]:
+    out = subprocess.run(["tshark", "-r", str(pcap), "-Y", "infiniband", "-T", "fields",
+                          *(arg for field in fields for arg in ("-e", field))],
+                         capture_output=True, text=True, check=True).stdout
+    return [line.split("\t") for line in out.splitlines()]
+
+
+def test_a_capture_of_a_flow_decodes_in_tshark_as_roce_with_its_psns(two_sites, tmp_path):
+    west, east = hosts(two_sites, 0)
+    message = payloads(200_000, seed=9)[0]
+    start_psn = 0xFFFFF0  # the PSNs wrap inside the message
+    with connect(two_sites, west, east, cc=FixedRate(FLOW_BPS), config=TransportConfig(start_psn=start_psn)) as qp:
+        with DciCapture(two_sites, tmp_path) as capture:
+            assert exchange([(qp, [message])])[0] == [message]
+        sqpn, rqpn, sent = qp.sender.qpn, qp.receiver.qpn, qp.stats()["packets_sent"]
+    far_end = next(path for path in capture.files if path.name.startswith("eastb"))
+    rows = tshark_fields(far_end, "udp.dstport", "infiniband.bth.opcode", "infiniband.bth.destqp",
+                         "infiniband.bth.psn")
+    rows = [[int(value, 0) for value in row] for row in rows]
+    data = [psn for _, opcode, dest_qp, psn in rows if opcode in (0, 1, 2, 4) and dest_qp == rqpn]
+    acks = [row for row in rows if row[1] == 17 and row[2] == sqpn]
+    assert all(row[0] == 4791 for row in rows)
+    assert len(data) == sent == packets_for([message])
+    assert data == [(start_psn + i) % (1 << 24) for i in range(sent)]
+    assert acks  # the ACKs going back west decode too
