@@ -169,10 +169,15 @@ def run(nics: Iterable[Nic], predicate: Callable[[], bool], timeout_s: float) ->
     """Serve ``nics`` in this thread until ``predicate()`` holds (True) or ``timeout_s`` passes (False)."""
     nics = list(nics)
     deadline = time.monotonic_ns() + round(timeout_s * 1e9)
+    wait_s = 0.0
     with selectors.DefaultSelector() as selector:
         for nic in nics:
             selector.register(nic._sock, selectors.EVENT_READ, nic)
         while True:
+            # read what arrived before firing timers: after a pause (GC, a busy core) the ACKs that would
+            # have stopped a retransmission timeout are usually already waiting in the socket
+            for key, _ in selector.select(wait_s):
+                key.data._drain()
             now = time.monotonic_ns()
             for nic in nics:
                 nic._on_clock(now)
@@ -182,8 +187,7 @@ def run(nics: Iterable[Nic], predicate: Callable[[], bool], timeout_s: float) ->
             if now >= deadline:
                 return False
             wake = min(deadline, now + MAX_WAIT_NS, *(nic._next_wakeup_ns(now) for nic in nics))
-            for key, _ in selector.select(max(0, wake - now) / 1e9):
-                key.data._drain()
+            wait_s = max(0, wake - now) / 1e9
 
 
 def _tos(ancillary: list[tuple[int, int, bytes]]) -> int:
