@@ -16,12 +16,18 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
+import pandas as pd
+
 from testbed import cleanup, kernel, microvm, report
+from testbed.collectives import Algorithm
+from testbed.nccl_tests import parse_args as parse_nccl_args, parsesize
+from testbed.schedules import COLLECTIVES
 from testbed.fabric import DciLink, TopologyError
 from testbed.topo import FabricTopo
 
 TOPOLOGY_DIR = Path(__file__).resolve().parent.parent / "topologies"
 DEFAULT_TOPOLOGY = "two_sites"
+RUN_SWEEP = "-b 64K -e 1M -f 4 -n 3 -w 1"  # about a minute under TCG emulation
 # CLI flag -> build() keyword; each is passed only if given, and only if the topology takes it
 TOPOLOGY_FLAGS = {
     "distance_km": float, "sites": int, "hosts": int, "leaves": int, "spines": int,
@@ -37,7 +43,11 @@ class UsageError(Exception):
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "perf":
+        args.nccl = rest  # nccl-tests' options, checked by nccl_tests.parse_args
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return args.handler(args, argv if argv is not None else sys.argv[1:])
     except (UsageError, TopologyError) as error:
@@ -59,6 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"a name from topologies/ or a path to a topology script (default {DEFAULT_TOPOLOGY})")
     add_run_options(run)
     run.set_defaults(handler=cmd_run)
+    perf = commands.add_parser(
+        "perf", help="run an nccl-tests-style collective sweep across the sites",
+        description="Any option not listed here is nccl-tests' own (-b -e -f -i -n -w -c -o -d -r), e.g. "
+                    "testbed perf all_reduce -b 64K -e 4M -f 4 --distance-km 1000")
+    perf.add_argument("collective", choices=COLLECTIVES)
+    perf.add_argument("--topology", default=DEFAULT_TOPOLOGY,
+                      help=f"a name from topologies/ or a path to a topology script (default {DEFAULT_TOPOLOGY})")
+    add_topology_options(perf)
+    add_algorithm_options(perf)
+    perf.set_defaults(handler=cmd_perf)
     clean = commands.add_parser("clean", help="remove what crashed or killed runs left behind")
     clean.set_defaults(handler=cmd_clean)
     doctor = commands.add_parser("doctor", help="show what the kernel supports and which path runs use")
@@ -66,17 +86,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_run_options(parser: argparse.ArgumentParser) -> None:
+def add_topology_options(parser: argparse.ArgumentParser) -> None:
     topo = parser.add_argument_group("topology options (passed to the topology's build)")
     for name, kind in TOPOLOGY_FLAGS.items():
         topo.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, metavar=kind.__name__.upper())
     topo.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                       help="any other keyword of the topology's build(), e.g. --param west_south_km=2000")
     topo.add_argument("--mtu", type=int, help="link MTU (default 9000)")
+    parser.add_argument("--out", type=Path, help="results directory (default results/<name>-<time>)")
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    add_topology_options(parser)
     parser.add_argument("--cli", action="store_true", help="open Mininet's CLI after the checks")
     parser.add_argument("--capture", action="store_true", help="write pcaps of every DCI link to the results")
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each rate check (default 5)")
-    parser.add_argument("--out", type=Path, help="results directory (default results/<topology>-<time>)")
+    parser.add_argument("--sweep", default=RUN_SWEEP, metavar="NCCL-TESTS-ARGS",
+                        help=f"the cross-site all_reduce sweep after the checks (default {RUN_SWEEP!r}; '' skips it)")
+
+
+def add_algorithm_options(parser: argparse.ArgumentParser) -> None:
+    algo = parser.add_argument_group("collective algorithm")
+    algo.add_argument("--channels", type=int, default=Algorithm.nchannels,
+                      help=f"parallel rings, NCCL's nChannels (default {Algorithm.nchannels})")
+    algo.add_argument("--chunk", default=str(Algorithm.chunk_bytes), metavar="SIZE",
+                      help=f"pipelining chunk, e.g. 128K (default {Algorithm.chunk_bytes})")
+    algo.add_argument("--hierarchical", action="store_true",
+                      help="all_reduce within sites first, so each rank sends one shard across the DCI")
+
+
+def algorithm_from(args) -> Algorithm:
+    if args.channels < 1:
+        raise UsageError(f"--channels {args.channels} must be >= 1")
+    try:
+        chunk = parsesize(args.chunk)
+    except ValueError as error:
+        raise UsageError(f"--chunk {args.chunk!r}: {error}") from None
+    if chunk < 1:
+        raise UsageError(f"--chunk {args.chunk!r} must be at least 1 byte")
+    return Algorithm(nchannels=args.channels, chunk_bytes=chunk, hierarchical=args.hierarchical)
 
 
 # -- run ---------------------------------------------------------------------------------------------------
@@ -86,6 +134,8 @@ def cmd_run(args, argv: list[str]) -> int:
     topo = topo_cls(**topology_params(args, topo_cls))  # validates the whole fabric, builds nothing
     if args.seconds <= 0:
         raise UsageError(f"--seconds {args.seconds} must be > 0")
+    hosts = len(topo.nodes_with(role="host"))
+    args.sweep_options = parse_nccl_args("all_reduce", args.sweep.split(), nranks=hosts) if args.sweep else None
     out = (args.out or Path("results") / f"{Path(args.topology).stem}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     _require_root()
     reason = microvm.needed()
@@ -118,6 +168,10 @@ def run_checks(topo: FabricTopo, args, out: Path) -> int:
                 results = verify(tb, args.seconds)
         report.console.print(report.rtt_table(results["rtt"]))
         report.console.print(report.rate_table(results["dci_rate"]))
+        if args.sweep_options:
+            sweep = run_sweep(tb, args.sweep_options, Algorithm(), out)
+            results["all_reduce_check"] = [{"size_bytes": r.size_bytes, "wrong": wrong_elements(r),
+                                            "ok": wrong_elements(r) == 0} for r in sweep]
         params = {"topology": args.topology, "build_s": round(built_s, 2), "in_microvm": microvm.inside(),
                   **topology_params(args, type(topo))}
         report.save(out, params, results)
@@ -213,6 +267,58 @@ def run_script(topo_cls: type[FabricTopo]) -> None:
 
 
 # -- clean and doctor --------------------------------------------------------------------------------------
+
+# -- perf --------------------------------------------------------------------------------------------------
+
+def cmd_perf(args, argv: list[str]) -> int:
+    topo_cls = load_topology(args.topology)
+    topo = topo_cls(**topology_params(args, topo_cls))
+    hosts = len(topo.nodes_with(role="host"))
+    options = parse_nccl_args(args.collective, args.nccl, nranks=hosts)  # exits 2 with nccl-tests' usage
+    algorithm = algorithm_from(args)
+    out = (args.out or Path("results") / f"{args.collective}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    _require_root()
+    reason = microvm.needed()
+    if reason is not None:
+        inner = [sys.executable, "-m", "testbed", *argv, "--topology", str(_topology_arg(args.topology)),
+                 "--out", str(out)]
+        return microvm.run(inner, rwdirs=[out], reason=reason)
+    from testbed.network import Testbed
+    tb = Testbed(topo)
+    try:
+        with report.console.status("building the fabric"):
+            tb.start()
+        results = run_sweep(tb, options, algorithm, out)
+    finally:
+        tb.stop()
+    report.console.print(f"results: {out}")
+    wrong = sum(map(wrong_elements, results))
+    if wrong:
+        print(f"testbed: {wrong} wrong elements (see #wrong above)", file=sys.stderr)
+    return 1 if wrong else 0
+
+
+def wrong_elements(result) -> int:
+    """Wrong elements the ranks counted in one row, out of place and in place (N/A counts as 0)."""
+    return (result.out_of_place.wrong or 0) + (result.in_place.wrong or 0)
+
+
+def run_sweep(tb, options, algorithm: Algorithm, out: Path) -> list:
+    """Run the collective sweep on ``tb``, printing nccl-tests' lines as they come; save CSV and Parquet."""
+    from testbed import nccl_tests
+    from testbed.collectives import bounds_beside, perf
+    with report.console.status(f"{options.collective}: starting a rank on every host") as status:
+        def show(line: str) -> None:
+            report.console.print(line, markup=False, highlight=False, soft_wrap=True)
+            status.update(f"{options.collective}: measuring the next size")
+        results = perf(tb, options, algorithm, print_line=show)
+        status.update("computing the bounds")
+        bounds = bounds_beside(tb, options, algorithm, results)
+    report.console.print(report.bound_table(options.collective, bounds))
+    nccl_tests.save(nccl_tests.to_frame(results), out, options.collective)
+    pd.DataFrame(bounds).to_csv(out / f"{options.collective}-bound.csv", index=False)
+    return results
+
 
 def cmd_clean(args, argv) -> int:
     _require_root()

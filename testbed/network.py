@@ -60,6 +60,9 @@ class Testbed:
         self.stop()
 
     def start(self) -> "Testbed":
+        if cleanup.record_path().exists():
+            raise RuntimeError(f"a fabric is already running in this process ({cleanup.record_path()}): "
+                               "stop it before starting another (node names and records are per process)")
         self._owner = os.getpid()
         for sig in (signal.SIGTERM, signal.SIGHUP):
             self._saved_handlers[sig] = signal.signal(sig, functools.partial(_interrupt, self._owner))

@@ -63,3 +63,13 @@ def save(out_dir: Path, params: dict, results: dict[str, list]) -> list[Path]:
     path = out_dir / "run.json"
     path.write_text(json.dumps({"params": params, **results}, indent=2, default=str))
     return written + [path]
+
+
+def bound_table(collective: str, rows: list[dict]) -> Table:
+    """Measured (out of place) against the analytic bound of ``testbed.bounds``, per size."""
+    table = _table(f"{collective}: measured vs the bound from link rates and delays (out of place)",
+                   ("size B", "time us", "bound us", "busbw GB/s", "bound GB/s", "of bound", "limited by"))
+    for r in rows:
+        table.add_row(str(r["size_bytes"]), f"{r['time_us']:.0f}", f"{r['bound_us']:.0f}", f"{r['busbw_gbps']:.4f}",
+                      f"{r['bound_busbw_gbps']:.4f}", f"{r['of_bound_pct']:.0f} %", r["limited_by"])
+    return table

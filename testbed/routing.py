@@ -23,7 +23,7 @@ class Route:
 
 
 def fabric_graph(topo) -> nx.Graph:
-    """The topology as a weighted graph; each edge knows its prefix and the address of each end."""
+    """The topology as a weighted graph; each edge knows its delay, its rate, its prefix and each end's address."""
     graph = nx.Graph()
     for name in topo.nodes():
         graph.add_node(name, role=topo.nodeInfo(name).get("role"))
@@ -34,6 +34,7 @@ def fabric_graph(topo) -> nx.Graph:
             a, b,
             weight=HOP_WEIGHT_US + round(info["config"].delay_ms * 1000),
             delay_ms=info["config"].delay_ms,
+            bw_mbps=info["config"].bw_mbps,
             dci=info.get("kind") == "dci",
             prefix=str(ipaddress.ip_interface(ip_a).network),
             addr={a: ip_a.split("/")[0], b: ip_b.split("/")[0]},

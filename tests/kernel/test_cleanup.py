@@ -58,11 +58,13 @@ def wait_until_built(run: subprocess.Popen, timeout_s: float = 300) -> str:
 
 
 def test_a_completed_run_leaves_nothing(tmp_path):
+    """Its all_reduce sweep included: the rank processes end with the run."""
     before = system_state()
-    run = start_run(tmp_path, "--seconds", "1")
+    run = start_run(tmp_path, "--seconds", "1", "--sweep", "-b 4K -e 8K -f 2 -n 1 -w 0")
     output = run.communicate(timeout=300)[0]
     assert run.returncode == 0, output
-    assert (tmp_path / "run.json").exists()
+    assert (tmp_path / "run.json").exists() and (tmp_path / "all_reduce.parquet").exists()
+    assert "# Avg bus bandwidth" in output
     assert system_state() == before
 
 

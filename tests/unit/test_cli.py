@@ -24,6 +24,14 @@ def run_cli(*args):
     (["run", "--param", "distance_km=x"], "--param distance_km='x' is not a number"),
     (["run", "leaf_spine", "--hosts", "0"], "site 'dc1': hosts 0 must be a whole number >= 1"),
     (["run", "--mtu", "50"], "fabric: mtu 50 must be a whole number from 1280 to 9000"),
+    (["run", "--sweep", "-b 8M -e 1M"], "invalid sizes for 'minbytes' and 'maxbytes': 8388608 > 1048576"),
+    (["run", "--bogus"], "unrecognized arguments: --bogus"),
+    (["perf", "all_reduce", "--channels", "0"], "--channels 0 must be >= 1"),
+    (["perf", "all_reduce", "--chunk", "lots"], "--chunk 'lots'"),
+    (["perf", "all_reduce", "-d", "complex"], "argument -d/--datatype"),
+    (["perf", "broadcast", "-r", "8"], "root"),
+    (["perf", "nosuch"], "argument collective: invalid choice: 'nosuch'"),
+    (["perf", "all_reduce", "--topology", "nosuch"], "unknown topology 'nosuch'"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message):
     records_before = set(cleanup.RUN_DIR.glob("*.json")) if cleanup.RUN_DIR.is_dir() else set()

@@ -1,0 +1,16 @@
+"""What the collective kernel tests share: how the ranks run, and what they count wrong.
+
+Flows are paced at a fixed 20 Mbit/s each: under TCG all ranks share two emulated CPUs, and what these
+tests check is correctness across the DCIs (with loss too), not speed.
+"""
+
+from testbed.collectives import Algorithm, command
+
+PACED = {"kind": "fixed", "rate_bps": 20e6}
+CHUNKED = Algorithm(nchannels=2, chunk_bytes=1024)  # several chunks per step and two rings even at 4 KB
+HIERARCHICAL = Algorithm(nchannels=2, chunk_bytes=1024, hierarchical=True)
+
+
+def wrong(tb, ranks, collective: str, count: int, **options) -> list:
+    """What each rank counted wrong after running ``collective`` on ``count`` elements (float32)."""
+    return [answer["wrong"] for answer in ranks.run(command(tb, collective, count, **options))]

@@ -1,0 +1,64 @@
+"""Rank processes driven like the testbed drives them, natively over loopback: real UDP queue pairs, real
+processes, every element of every result checked by the ranks.  (Over a fabric: tests/kernel.)"""
+
+import subprocess
+
+import pytest
+
+from testbed.collectives import RankError, Ranks
+
+
+class LoopbackHost:
+    """Stands in for a Mininet host: a name, an address on loopback, and ``popen`` in this namespace."""
+
+    def __init__(self, index: int, subnet: int) -> None:
+        self.name, self.ip = f"h{index}", f"127.0.{subnet}.{index + 1}"
+
+    def IP(self) -> str:  # noqa: N802 (Mininet's name)
+        return self.ip
+
+    def popen(self, cmd, **kwargs):
+        return subprocess.Popen(cmd, **kwargs)
+
+
+def loopback_ranks(nranks: int, subnet: int) -> Ranks:
+    """``nranks`` rank processes on 127.0.<subnet>.1, .2, ... (a subnet per group, so groups never clash)."""
+    hosts = [LoopbackHost(i, subnet) for i in range(nranks)]
+    return Ranks(hosts, {"addresses": [h.IP() for h in hosts], "nchannels": 2,
+                         "cc": {"kind": "fixed", "rate_bps": 2e9}})
+
+
+def command(collective: str, count: int, in_place: bool = False, **changes) -> dict:
+    return {"collective": collective, "count": count, "dtype": "float32", "op": "sum", "root": 0, "nchannels": 2,
+            "chunk_elems": 100, "sites": None, "in_place": in_place, "warmup": 1, "iters": 2, "check": True,
+            "seed": count, **changes}
+
+
+@pytest.fixture(scope="module")
+def four_ranks():
+    """Four rank processes serving every test of the module (starting them is the slow part)."""
+    with loopback_ranks(4, subnet=1) as ranks:
+        yield ranks
+
+
+@pytest.mark.parametrize(("collective", "changes"), [
+    ("all_reduce", {}),
+    ("all_reduce", {"op": "max", "dtype": "int32"}),
+    ("all_reduce", {"sites": [[0, 1], [2, 3]]}),
+    ("all_gather", {}),
+    ("reduce_scatter", {"op": "avg"}),
+    ("broadcast", {"root": 2}),
+    ("reduce", {"root": 1}),
+    ("alltoall", {}),
+])
+def test_four_rank_processes_compute_every_collective_correctly(four_ranks, collective, changes):
+    for count in (1001, 3):
+        for in_place in (False, True):
+            answers = four_ranks.run(command(collective, count, in_place, **changes))
+            assert [a["wrong"] for a in answers] == [0, 0, 0, 0], (count, in_place, answers)
+            assert all(a["time_us"] > 0 for a in answers)
+
+
+def test_a_rank_that_fails_is_reported_with_its_last_words():
+    with loopback_ranks(2, subnet=2) as ranks, pytest.raises(RankError, match=r"rank 0 on h0 failed: .*no-such-op"):
+        ranks.run(command("all_reduce", 10, op="no-such-op"))
