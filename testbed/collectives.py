@@ -4,7 +4,7 @@
         options = nccl_tests.parse_args("all_reduce", ["-b", "64K", "-e", "4M", "-f", "4"])
         results = perf(tb, options, print_line=print)      # prints nccl-tests' table as it goes
 
-``perf`` starts a rank (``testbed.rank``) on every GPU host, in declaration order (rank i = host i), and
+``perf`` starts a rank (``testbed.rank``) on every GPU host (rank i = ``tb.hosts()[i]``), and
 for each size, op, datatype and root of the sweep runs the out-of-place then the in-place variant:
 warm-up iterations, timed iterations (the time is their mean, averaged over ranks, as nccl-tests does
 across processes), and with ``-c`` one checked iteration whose result every rank compares element by
@@ -23,7 +23,6 @@ from testbed.queue_pair import line_rate_bps
 from testbed.routing import fabric_graph
 
 DEFAULT_CHUNK_BYTES = 512 * 1024
-RANK_START_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
