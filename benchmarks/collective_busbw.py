@@ -11,7 +11,9 @@ table as CSV beside the plot.  Where the kernel cannot emulate links it runs its
 """
 
 import argparse
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,16 +39,17 @@ def measure(distance_km: float, options: nccl_tests.Options, algorithm: Algorith
 
 def plot(frame: pd.DataFrame, path: Path, title: str) -> None:
     """busbw against size, a solid line per distance and its bound dashed in the same colour."""
+    os.environ.setdefault("MPLCONFIGDIR", tempfile.mkdtemp(prefix="matplotlib-"))  # the VM's root is read-only
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(7, 4.5))
     for distance, rows in frame.groupby("distance_km"):
-        line, = axes.plot(rows["size_bytes"], rows["busbw_gbps"] * 8, marker="o", label=f"{distance:g} km")
-        axes.plot(rows["size_bytes"], rows["bound_busbw_gbps"] * 8, linestyle="--", color=line.get_color(),
+        line, = axes.plot(rows["size_bytes"], rows["busbw_gbps"] * 8e3, marker="o", label=f"{distance:g} km")
+        axes.plot(rows["size_bytes"], rows["bound_busbw_gbps"] * 8e3, linestyle="--", color=line.get_color(),
                   label=f"{distance:g} km bound")
-    axes.set(xscale="log", xlabel="message size (bytes)", ylabel="busbw (Gbit/s)", title=title)
+    axes.set(xscale="log", xlabel="message size (bytes)", ylabel="busbw (Mbit/s)", title=title)
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize="small")
     figure.tight_layout()
@@ -76,11 +79,12 @@ def main() -> int:
             rows += measure(distance, options, algorithm)
         report.console.print(f"{distance:g} km: done")
     frame = pd.DataFrame(rows)
-    shown = frame[["distance_km", "size_bytes", "time_us", "busbw_gbps", "bound_busbw_gbps", "of_bound_pct",
-                   "limited_by", "wrong"]].rename(columns={"distance_km": "km", "size_bytes": "size B",
-                                                           "time_us": "time us", "busbw_gbps": "busbw GB/s",
-                                                           "bound_busbw_gbps": "bound GB/s",
-                                                           "of_bound_pct": "of bound %"}).round(4)
+    shown = pd.DataFrame({"km": frame["distance_km"], "size B": frame["size_bytes"],
+                          "time ms": (frame["time_us"] / 1e3).round(1),
+                          "busbw Mb/s": (frame["busbw_gbps"] * 8e3).round(2),
+                          "bound Mb/s": (frame["bound_busbw_gbps"] * 8e3).round(2),
+                          "of bound %": frame["of_bound_pct"].round(1), "limited by": frame["limited_by"],
+                          "wrong": frame["wrong"]})
     where = " (microVM, TCG)" if microvm.inside() and microvm.accel() == "tcg" else ""
     title = f"all_reduce busbw, 2 sites x 4 hosts{', hierarchical' if args.hierarchical else ''}{where}"
     report.console.print(report.frame_table(title, shown))
