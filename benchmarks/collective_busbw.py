@@ -21,7 +21,8 @@ import pandas as pd
 
 from testbed import microvm, nccl_tests, report
 from testbed.cli import load_topology
-from testbed.collectives import Algorithm, bounds_beside, perf
+from testbed.collectives import bounds_beside, perf
+from testbed.schedules import Algorithm
 
 DEFAULT_SWEEP = "-b 64K -e 4M -f 4 -n 3 -w 1"
 
@@ -33,8 +34,7 @@ def measure(distance_km: float, options: nccl_tests.Options, algorithm: Algorith
     with Testbed(load_topology("two_sites")(distance_km=distance_km)) as tb:
         results = perf(tb, options, algorithm, print_line=lambda line: None)
         rows = bounds_beside(tb, options, algorithm, results)
-    return [dict(row, distance_km=distance_km, wrong=(r.out_of_place.wrong or 0) + (r.in_place.wrong or 0))
-            for row, r in zip(rows, results)]
+    return [dict(row, distance_km=distance_km, wrong=r.wrong_elements) for row, r in zip(rows, results)]
 
 
 def plot(frame: pd.DataFrame, path: Path, title: str) -> None:

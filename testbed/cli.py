@@ -18,11 +18,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from testbed import cleanup, kernel, microvm, report
-from testbed.collectives import Algorithm
-from testbed.nccl_tests import parse_args as parse_nccl_args, parsesize
-from testbed.schedules import COLLECTIVES
+from testbed import cleanup, kernel, microvm, nccl_tests, report
 from testbed.fabric import DciLink, TopologyError
+from testbed.schedules import COLLECTIVES, Algorithm
 from testbed.topo import FabricTopo
 
 TOPOLOGY_DIR = Path(__file__).resolve().parent.parent / "topologies"
@@ -119,7 +117,7 @@ def algorithm_from(args) -> Algorithm:
     if args.channels < 1:
         raise UsageError(f"--channels {args.channels} must be >= 1")
     try:
-        chunk = parsesize(args.chunk)
+        chunk = nccl_tests.parsesize(args.chunk)
     except ValueError as error:
         raise UsageError(f"--chunk {args.chunk!r}: {error}") from None
     if chunk < 1:
@@ -135,7 +133,7 @@ def cmd_run(args, argv: list[str]) -> int:
     if args.seconds <= 0:
         raise UsageError(f"--seconds {args.seconds} must be > 0")
     hosts = len(topo.nodes_with(role="host"))
-    args.sweep_options = parse_nccl_args("all_reduce", args.sweep.split(), nranks=hosts) if args.sweep else None
+    args.sweep_options = nccl_tests.parse_args("all_reduce", args.sweep.split(), nranks=hosts) if args.sweep else None
     out = (args.out or Path("results") / f"{Path(args.topology).stem}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     _require_root()
     reason = microvm.needed()
@@ -170,8 +168,8 @@ def run_checks(topo: FabricTopo, args, out: Path) -> int:
         report.console.print(report.rate_table(results["dci_rate"]))
         if args.sweep_options:
             sweep = run_sweep(tb, args.sweep_options, Algorithm(), out)
-            results["all_reduce_check"] = [{"size_bytes": r.size_bytes, "wrong": wrong_elements(r),
-                                            "ok": wrong_elements(r) == 0} for r in sweep]
+            results["all_reduce_check"] = [{"size_bytes": r.size_bytes, "wrong": r.wrong_elements,
+                                            "ok": r.wrong_elements == 0} for r in sweep]
         params = {"topology": args.topology, "build_s": round(built_s, 2), "in_microvm": microvm.inside(),
                   **topology_params(args, type(topo))}
         report.save(out, params, results)
@@ -266,15 +264,13 @@ def run_script(topo_cls: type[FabricTopo]) -> None:
     sys.exit(main(["run", script, *sys.argv[1:]]))
 
 
-# -- clean and doctor --------------------------------------------------------------------------------------
-
 # -- perf --------------------------------------------------------------------------------------------------
 
 def cmd_perf(args, argv: list[str]) -> int:
     topo_cls = load_topology(args.topology)
     topo = topo_cls(**topology_params(args, topo_cls))
     hosts = len(topo.nodes_with(role="host"))
-    options = parse_nccl_args(args.collective, args.nccl, nranks=hosts)  # exits 2 with nccl-tests' usage
+    options = nccl_tests.parse_args(args.collective, args.nccl, nranks=hosts)  # exits 2 with nccl-tests' usage
     algorithm = algorithm_from(args)
     out = (args.out or Path("results") / f"{args.collective}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     _require_root()
@@ -292,21 +288,16 @@ def cmd_perf(args, argv: list[str]) -> int:
     finally:
         tb.stop()
     report.console.print(f"results: {out}")
-    wrong = sum(map(wrong_elements, results))
+    wrong = sum(r.wrong_elements for r in results)
     if wrong:
         print(f"testbed: {wrong} wrong elements (see #wrong above)", file=sys.stderr)
     return 1 if wrong else 0
 
 
-def wrong_elements(result) -> int:
-    """Wrong elements the ranks counted in one row, out of place and in place (N/A counts as 0)."""
-    return (result.out_of_place.wrong or 0) + (result.in_place.wrong or 0)
-
-
 def run_sweep(tb, options, algorithm: Algorithm, out: Path) -> list:
     """Run the collective sweep on ``tb``, printing nccl-tests' lines as they come; save CSV and Parquet."""
-    from testbed import nccl_tests
     from testbed.collectives import bounds_beside, perf
+
     with report.console.status(f"{options.collective}: starting a rank on every host") as status:
         def show(line: str) -> None:
             report.console.print(line, markup=False, highlight=False, soft_wrap=True)
@@ -319,6 +310,8 @@ def run_sweep(tb, options, algorithm: Algorithm, out: Path) -> list:
     pd.DataFrame(bounds).to_csv(out / f"{options.collective}-bound.csv", index=False)
     return results
 
+
+# -- clean and doctor --------------------------------------------------------------------------------------
 
 def cmd_clean(args, argv) -> int:
     _require_root()

@@ -15,24 +15,11 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from testbed import nccl_tests
 from testbed.bounds import collective_bound, rank_sites
 from testbed.queue_pair import line_rate_bps
-from testbed.routing import fabric_graph
-
-DEFAULT_CHUNK_BYTES = 512 * 1024
-
-
-@dataclass(frozen=True)
-class Algorithm:
-    """How the ranks run the collective: NCCL's channels and chunk size, and hierarchical (site-aware)
-    all_reduce, which keeps DCI crossings to one shard per rank."""
-
-    nchannels: int = 1
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES
-    hierarchical: bool = False
+from testbed.schedules import Algorithm
 
 
 class RankError(RuntimeError):
@@ -166,11 +153,10 @@ def bounds_beside(tb, options: nccl_tests.Options, algorithm: Algorithm,
                   results: list[nccl_tests.Result]) -> list[dict]:
     """Each out-of-place measurement beside the analytic lower bound for the same call on this fabric."""
     hosts = [h.name for h in tb.hosts()]
-    graph = fabric_graph(tb.topo)
     sites = rank_sites(tb.topo, hosts) if algorithm.hierarchical else None
     rows = []
     for result in results:
-        bound = collective_bound(graph, hosts, options.collective, result.size_bytes,
+        bound = collective_bound(tb.graph, hosts, options.collective, result.size_bytes,
                                  chunk_bytes=algorithm.chunk_bytes, dtype=result.dtype, root=max(result.root, 0),
                                  nchannels=algorithm.nchannels, sites=sites)
         measured = result.out_of_place

@@ -379,6 +379,11 @@ class Result:
     out_of_place: Measurement
     in_place: Measurement
 
+    @property
+    def wrong_elements(self) -> int:
+        """Wrong elements counted out of place and in place (N/A counts as 0)."""
+        return (self.out_of_place.wrong or 0) + (self.in_place.wrong or 0)
+
 
 def wrong_is_reported(collective: str, in_place: bool, check: int) -> bool:
     """Whether #wrong shows a count (``args->reportErrors``) rather than N/A.

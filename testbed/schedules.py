@@ -108,6 +108,18 @@ REDUCTION_OPS: tuple[str, ...] = ("sum", "prod", "max", "min", "avg")
 #: 32 Ki elements = 128 KiB of float32, the order of NCCL's Simple-protocol chunk.
 DEFAULT_CHUNK_ELEMS = 1 << 15
 
+
+@dataclass(frozen=True)
+class Algorithm:
+    """How the ranks run a collective on the fabric: NCCL's channels and pipelining chunk (in bytes, so
+    the same for every datatype), and hierarchical (site-aware) all_reduce, which keeps DCI crossings to
+    one shard per rank.  The runner's chunk, 512 KiB, is larger than ``DEFAULT_CHUNK_ELEMS``: fewer,
+    larger messages cost the Python transport less per byte."""
+
+    nchannels: int = 1
+    chunk_bytes: int = 512 * 1024
+    hierarchical: bool = False
+
 UFUNCS = {
     "sum": np.add,
     "prod": np.multiply,
