@@ -12,7 +12,7 @@ pytestmark = pytest.mark.kernel
 
 
 def test_rtt_between_sites_follows_distance():
-    """Three sites at 1000, 1500 and 3000 km: every pair's min RTT within 3 % + 0.3 ms of the expected."""
+    """Three sites at 1000, 1500 and 3000 km: every pair's min RTT within 5 % + 0.5 ms of the expected."""
     with Testbed(load_topology("three_sites")()) as tb:
         checks = {(c.src_site, c.dst_site): c for c in measure_rtts(tb)}
     assert {pair: c.expected_ms for pair, c in checks.items()} == {
