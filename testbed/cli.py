@@ -20,12 +20,17 @@ import pandas as pd
 
 from testbed import cleanup, kernel, microvm, nccl_tests, report
 from testbed.fabric import DciLink, TopologyError
+from controllers.modes import MODES
 from testbed.schedules import COLLECTIVES, Algorithm
 from testbed.topo import FabricTopo
 
 TOPOLOGY_DIR = Path(__file__).resolve().parent.parent / "topologies"
 DEFAULT_TOPOLOGY = "two_sites"
 RUN_SWEEP = "-b 64K -e 1M -f 4 -n 3 -w 1"  # about a minute under TCG emulation
+COMPARE_SWEEP = "-b 1M -e 4M -f 4 -n 1 -w 0"
+# the comparison's scenario unless given: rates at which the ranks' Python transport keeps up under TCG
+# (about 2000 packets/s per vCPU), so the network, not the emulator's CPU, limits both modes
+COMPARE_SCENARIO = {"hosts": 2, "host_bw_mbps": 20.0, "dci_bw_mbps": 10.0}
 # CLI flag -> build() keyword; each is passed only if given, and only if the topology takes it
 TOPOLOGY_FLAGS = {
     "distance_km": float, "sites": int, "hosts": int, "leaves": int, "spines": int,
@@ -42,7 +47,7 @@ class UsageError(Exception):
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    if args.command == "perf":
+    if args.command in ("perf", "compare"):
         args.nccl = rest  # nccl-tests' options, checked by nccl_tests.parse_args
     elif rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
@@ -77,6 +82,25 @@ def build_parser() -> argparse.ArgumentParser:
     add_topology_options(perf)
     add_algorithm_options(perf)
     perf.set_defaults(handler=cmd_perf)
+    compare = commands.add_parser(
+        "compare", help="the same sweep under baseline and adaptive control, side by side",
+        description="Probes the fabric, then runs the nccl-tests sweep once per mode on the same fabric and "
+                    "prints both tables, the busbw ratio per size, the bound, and per mode completion times, "
+                    f"DCI queueing delay, drops, CE marks, CNPs, retransmissions.  Sweep default {COMPARE_SWEEP!r}"
+                    "; scenario defaults (when not given): "
+                    + ", ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in COMPARE_SCENARIO.items()) + ".")
+    compare.add_argument("--collective", default="all_reduce", choices=COLLECTIVES)
+    compare.add_argument("--topology", default=DEFAULT_TOPOLOGY,
+                         help=f"a name from topologies/ or a path to a topology script (default {DEFAULT_TOPOLOGY})")
+    add_topology_options(compare)
+    add_algorithm_options(compare)
+    compare.add_argument("--modes", default="baseline,adaptive",
+                         help=f"comma-separated, the first is the reference (from: {', '.join(MODES)})")
+    compare.add_argument("--distances", metavar="KM,KM,...",
+                         help="also sweep distance: every DCI set to each of these lengths in turn")
+    compare.add_argument("--target-queue-ms", type=float,
+                         help="DCI queueing delay the adaptive modes aim at (default max(RTT/20, 2 frames))")
+    compare.set_defaults(handler=cmd_compare)
     clean = commands.add_parser("clean", help="remove what crashed or killed runs left behind")
     clean.set_defaults(handler=cmd_clean)
     doctor = commands.add_parser("doctor", help="show what the kernel supports and which path runs use")
@@ -309,6 +333,59 @@ def run_sweep(tb, options, algorithm: Algorithm, out: Path) -> list:
     nccl_tests.save(nccl_tests.to_frame(results), out, options.collective)
     pd.DataFrame(bounds).to_csv(out / f"{options.collective}-bound.csv", index=False)
     return results
+
+
+# -- compare -----------------------------------------------------------------------------------------------
+
+def cmd_compare(args, argv: list[str]) -> int:
+    topo_cls = load_topology(args.topology)
+    params = topology_params(args, topo_cls)
+    accepted = _accepted_keywords(topo_cls)
+    scenario = {k: v for k, v in COMPARE_SCENARIO.items() if k in accepted and k not in params}
+    topo = topo_cls(**scenario, **params)
+    hosts = len(topo.nodes_with(role="host"))
+    options = nccl_tests.parse_args(args.collective, args.nccl or COMPARE_SWEEP.split(), nranks=hosts)
+    algorithm = algorithm_from(args)
+    modes = _modes(args.modes)
+    distances = _distances(args.distances)
+    if args.target_queue_ms is not None and args.target_queue_ms <= 0:
+        raise UsageError(f"--target-queue-ms {args.target_queue_ms} must be > 0")
+    out = (args.out or Path("results") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    _require_root()
+    reason = microvm.needed()
+    if reason is not None:
+        inner = [sys.executable, "-m", "testbed", *argv, "--topology", str(_topology_arg(args.topology)),
+                 "--out", str(out)]
+        return microvm.run(inner, rwdirs=[out], reason=reason)
+    from testbed.compare import run_comparisons
+    report.console.print("scenario: " + ", ".join(f"{k}={v:g}" for k, v in {**scenario, **params}.items()
+                                                  if isinstance(v, (int, float))) or "topology defaults")
+    wrong = run_comparisons(topo, options, algorithm, modes, distances, args.target_queue_ms, out)
+    report.console.print(f"results: {out}")
+    if wrong:
+        print(f"testbed: {wrong} wrong elements (see #wrong above)", file=sys.stderr)
+    return 1 if wrong else 0
+
+
+def _modes(spec: str) -> list[str]:
+    modes = [m.strip() for m in spec.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not modes:
+        raise UsageError(f"--modes {spec!r}: unknown mode {', '.join(unknown) or '(none given)'} "
+                         f"(modes: {', '.join(MODES)})")
+    return modes
+
+
+def _distances(spec: str | None) -> list[float]:
+    if not spec:
+        return []
+    try:
+        values = [float(x) for x in spec.split(",")]
+    except ValueError:
+        raise UsageError(f"--distances {spec!r} must be comma-separated kilometres, e.g. 10,100,1000") from None
+    if any(not (v > 0) for v in values):
+        raise UsageError(f"--distances {spec!r}: every distance must be > 0 km")
+    return values
 
 
 # -- clean and doctor --------------------------------------------------------------------------------------

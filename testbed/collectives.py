@@ -85,12 +85,14 @@ class Ranks:
         self.close()
 
 
-def start_ranks(tb, nchannels: int = 1, cc: dict | None = None) -> Ranks:
+def start_ranks(tb, nchannels: int = 1, cc: dict | None = None, control: str | None = None) -> Ranks:
     """A rank on every GPU host of ``tb`` (rank i = host i), with ``nchannels`` queue pairs to every peer
-    each way and ``cc`` as congestion control (DCQCN at the hosts' line rate unless it names another)."""
+    each way and ``cc`` as congestion control (DCQCN at the hosts' line rate unless it names another); with
+    ``control`` (a ``ControlServer``'s path) each rank also connects to the fabric controller."""
     hosts = tb.hosts()
     cc = cc or {"kind": "dcqcn", "line_rate_bps": line_rate_bps(hosts[0])}
-    return Ranks(hosts, {"addresses": [host.IP() for host in hosts], "nchannels": nchannels, "cc": cc})
+    return Ranks(hosts, {"addresses": [host.IP() for host in hosts], "nchannels": nchannels, "cc": cc,
+                         "control": control})
 
 
 def command(tb, collective: str, count: int, *, dtype: str = "float", op: str = "sum", root: int = 0,
@@ -113,8 +115,10 @@ def perf(tb, options: nccl_tests.Options, algorithm: Algorithm = Algorithm(), cc
 
 
 def sweep(tb, ranks: Ranks, options: nccl_tests.Options, algorithm: Algorithm = Algorithm(),
-          print_line: Callable[[str], None] = print) -> list[nccl_tests.Result]:
-    """Run every size, datatype, op and root of ``options`` on ``ranks``; print nccl-tests' output as it goes."""
+          print_line: Callable[[str], None] = print,
+          on_answers: Callable[[dict, list[dict]], None] | None = None) -> list[nccl_tests.Result]:
+    """Run every size, datatype, op and root of ``options`` on ``ranks``; print nccl-tests' output as it goes.
+    ``on_answers(command, answers)`` sees every rank's answer (per-iteration times, flow counters)."""
     n = len(ranks.hosts)
     ranks_info = [nccl_tests.RankInfo(r, h.name, h.IP(), tb.topo.nodeInfo(h.name)["site"])
                   for r, h in enumerate(ranks.hosts)]
@@ -125,7 +129,7 @@ def sweep(tb, ranks: Ranks, options: nccl_tests.Options, algorithm: Algorithm = 
         for op in options.ops:
             for root in options.roots(n):
                 for size in options.sizes:
-                    result = _measure_size(tb, ranks, options, algorithm, size, dtype, op, root)
+                    result = _measure_size(tb, ranks, options, algorithm, size, dtype, op, root, on_answers)
                     print_line(nccl_tests.format_row(result))
                     results.append(result)
     for line in nccl_tests.footer_lines(results, out_of_bounds=0):
@@ -134,14 +138,17 @@ def sweep(tb, ranks: Ranks, options: nccl_tests.Options, algorithm: Algorithm = 
 
 
 def _measure_size(tb, ranks: Ranks, options: nccl_tests.Options, algorithm: Algorithm, size: int, dtype: str,
-                  op: str, root: int) -> nccl_tests.Result:
+                  op: str, root: int, on_answers=None) -> nccl_tests.Result:
     n = len(ranks.hosts)
     counts = nccl_tests.coll_counts(options.collective, size, dtype, n)
     measured = []
     for in_place in (False, True):
-        answers = ranks.run(command(tb, options.collective, counts.param_count, dtype=dtype, op=op, root=root,
-                                    algorithm=algorithm, in_place=in_place, warmup=options.warmup_iters,
-                                    iters=options.iters, check=bool(options.check), seed=size))
+        call = command(tb, options.collective, counts.param_count, dtype=dtype, op=op, root=root,
+                       algorithm=algorithm, in_place=in_place, warmup=options.warmup_iters,
+                       iters=options.iters, check=bool(options.check), seed=size)
+        answers = ranks.run(call)
+        if on_answers:
+            on_answers(dict(call, size_bytes=counts.size_bytes), answers)
         time_us = sum(a["time_us"] for a in answers) / n
         reported = nccl_tests.wrong_is_reported(options.collective, in_place, options.check)
         wrong = sum(a["wrong"] or 0 for a in answers) if reported else None

@@ -21,7 +21,7 @@ from mininet.log import setLogLevel
 from mininet.net import Mininet
 
 from testbed import cleanup
-from testbed.link import ShapedLink, close_netlink, netlink
+from testbed.link import ShapedIntf, ShapedLink, close_netlink, netlink
 from testbed.nic import Nic
 from testbed.routing import compute_routes, fabric_graph, install_routes
 from testbed.topo import FabricTopo
@@ -133,6 +133,11 @@ class Testbed:
         if not links:
             raise KeyError(f"no link between {a} and {b}")
         return links[0]
+
+    def egress(self, node: str, peer: str) -> ShapedIntf:
+        """The interface ``node`` sends to ``peer`` through: where that direction's queue builds."""
+        link = self.link(node, peer)
+        return link.intf1 if link.intf1.node.name == node else link.intf2
 
     def dci_links(self) -> list[tuple[str, ShapedLink]]:
         """(name, link) of every DCI link, in declaration order."""

@@ -7,6 +7,11 @@ exact.  Only ``slack_ns`` of such debt is kept (default 10 ms), enough to ride o
 stall of a few milliseconds (measured: 1 ms loses 3-10 % at 100-400 Mbit/s on a loaded 2-core machine,
 5 ms < 1 %), and
 a flow that ran out of data calls ``reset`` so it restarts at the rate instead of bursting what it "saved".
+
+The gap after a packet is computed with the rate of *now*, not the rate when the packet left: a NIC's rate
+limiter applies a new rate to the very next packet.  (Committing the gap at send time let one packet sent
+during a deep cut -- a 4 KB packet at DCQCN's floor rate takes a minute -- hold the flow long after the
+rate had recovered.)
 """
 
 import math
@@ -21,21 +26,25 @@ class Pacer:
         if slack_ns < 0:
             raise ValueError(f"slack_ns must be >= 0, got {slack_ns}")
         self.slack_ns = slack_ns
-        self._next_ns: float | None = None
+        self._start_ns: float | None = None  # when the last packet's slot began (None: nothing owed)
+        self._bits = 0  # that packet's size
 
-    def delay_ns(self, now_ns: int) -> int:
-        """Nanoseconds until the next packet may be sent (0: now)."""
-        if self._next_ns is None:
+    def delay_ns(self, now_ns: int, rate_bps: float) -> int:
+        """Nanoseconds until the next packet may be sent (0: now) at the flow's current rate."""
+        if self._start_ns is None:
             return 0
-        return max(0, math.ceil(self._next_ns - now_ns))
+        return max(0, math.ceil(self._start_ns + self._bits * 1e9 / rate_bps - now_ns))
 
     def reset(self) -> None:
         """The flow had nothing to send: its next packet may leave at once, and no debt is kept."""
-        self._next_ns = None
+        self._start_ns = None
 
     def on_send(self, now_ns: int, nbytes: int, rate_bps: float) -> None:
         """A packet of ``nbytes`` left at ``now_ns`` while the flow was paced at ``rate_bps``."""
         if not (math.isfinite(rate_bps) and rate_bps > 0):
             raise ValueError(f"rate_bps must be a positive finite number, got {rate_bps}")
-        start = now_ns if self._next_ns is None else max(self._next_ns, now_ns - self.slack_ns)
-        self._next_ns = start + nbytes * 8e9 / rate_bps
+        if self._start_ns is None:
+            self._start_ns = now_ns
+        else:
+            self._start_ns = max(self._start_ns + self._bits * 1e9 / rate_bps, now_ns - self.slack_ns)
+        self._bits = nbytes * 8

@@ -20,8 +20,11 @@ from collections import deque
 
 import numpy as np
 
+from controllers.adaptive import Adaptive, AdaptiveParams, Path
 from controllers.dcqcn import Dcqcn, DcqcnParams
+from controllers.swift import Swift, SwiftParams
 from controllers.fixed_rate import FixedRate
+from testbed.control_channel import ControlClient
 from testbed.nic import Nic, run
 from testbed.schedules import UFUNCS, Schedule, apply_step, build_schedule, count_wrong, expected, rank_buffers, \
     step_graph
@@ -29,6 +32,8 @@ from testbed.transport import TransportConfig
 from testbed.transport_receiver import Receiver
 from testbed.transport_sender import Sender
 
+CONTROL_POLL_NS = 10_000_000
+FLOW_COUNTERS = ("packets_sent", "retransmitted_packets", "cnps_received", "timeouts", "naks_received")
 STEP_TIMEOUT_S = 120.0  # no progress for this long: the run is broken (a peer died), not slow
 IDLE_TIMEOUT_S = 24 * 3600.0  # between commands: the controller decides when the job ends
 
@@ -44,28 +49,39 @@ def receiver_qpn(peer: int, channel: int, nranks: int) -> int:
 
 
 def congestion_control(spec: dict):
-    """The congestion control a job names: ``{"kind": "dcqcn", "line_rate_bps": ..., "stretch": ...}`` or
-    ``{"kind": "fixed", "rate_bps": ...}``."""
+    """The congestion control a job or the controller names: ``{"kind": "dcqcn", "line_rate_bps": ...,
+    "stretch": ...}``, ``{"kind": "fixed", "rate_bps": ...}``, or ``{"kind": "adaptive" | "swift", "path":
+    {Path's fields}, "target_queue_ns": ...}``."""
     if spec["kind"] == "fixed":
         return FixedRate(spec["rate_bps"])
+    if spec["kind"] == "adaptive":
+        return Adaptive(AdaptiveParams.for_path(Path(**spec["path"]), spec["target_queue_ns"]))
+    if spec["kind"] == "swift":
+        return Swift(SwiftParams.for_path(Path(**spec["path"]), spec["target_queue_ns"]))
     params = DcqcnParams().scaled_to(spec["line_rate_bps"])
     return Dcqcn(params.stretched(spec.get("stretch", 1.0)))
 
 
 class RankLinks:
-    """This rank's queue pairs, opened on first use: a sender per (peer, channel), a receiver likewise."""
+    """This rank's queue pairs, opened on first use: a sender per (peer, channel), a receiver likewise.
 
-    def __init__(self, nic: Nic, rank: int, addresses: list[str], cc_spec: dict, config: TransportConfig) -> None:
-        self.nic, self.rank, self.addresses, self.cc_spec, self.config = nic, rank, addresses, cc_spec, config
+    Each peer's senders run the job's congestion control until the fabric controller pushes one for that
+    peer's path (``apply``), over the control channel when the job has one."""
+
+    def __init__(self, nic: Nic, rank: int, addresses: list[str], cc_spec: dict, config: TransportConfig,
+                 control: ControlClient | None = None) -> None:
+        self.nic, self.rank, self.addresses, self.config, self.control = nic, rank, addresses, config, control
+        self.cc_specs = {peer: cc_spec for peer in range(len(addresses))}
         self.senders: dict[tuple[int, int], Sender] = {}
         self.receivers: dict[tuple[int, int], Receiver] = {}
+        self._next_poll_ns = 0
 
     def sender(self, peer: int, channel: int) -> Sender:
         key, n = (peer, channel), len(self.addresses)
         if key not in self.senders:
             self.senders[key] = Sender(self.nic, (self.addresses[peer], self.nic.address[1]),
                                        sender_qpn(peer, channel, n), receiver_qpn(self.rank, channel, n),
-                                       congestion_control(self.cc_spec), self.config)
+                                       congestion_control(self.cc_specs[peer]), self.config)
         return self.senders[key]
 
     def receiver(self, peer: int, channel: int) -> Receiver:
@@ -85,6 +101,40 @@ class RankLinks:
 
     def all_acknowledged(self) -> bool:
         return all(sender.all_acknowledged() for sender in self.senders.values())
+
+    def apply(self, message: dict) -> None:
+        """A controller message: ``{"cc": {peer: spec}}`` gives those peers' senders a fresh congestion
+        control; ``{"cnp_interval_ns": {peer: ns}}`` paces the CNPs this rank's receivers send them;
+        ``{"pace": {peer: bits/s or None}}`` caps (or uncaps) the senders' pacing rate."""
+        for peer, spec in message.get("cc", {}).items():
+            self.cc_specs[int(peer)] = spec
+            for sender in _of_peer(self.senders, peer):
+                sender.cc = congestion_control(spec)
+        for peer, interval in message.get("cnp_interval_ns", {}).items():
+            for receiver in _of_peer(self.receivers, peer):
+                receiver.set_cnp_interval(interval)
+        for peer, cap in message.get("pace", {}).items():
+            for sender in _of_peer(self.senders, peer):
+                sender.max_rate_bps = cap
+
+    def poll_control(self) -> None:
+        """Apply what the controller pushed, looking at most every CONTROL_POLL_NS (a syscall per packet
+        would cost more than the control loop needs)."""
+        now = time.monotonic_ns()
+        if self.control is None or now < self._next_poll_ns:
+            return
+        self._next_poll_ns = now + CONTROL_POLL_NS
+        for message in self.control.poll():
+            self.apply(message)
+
+    def counters(self) -> dict:
+        """The senders' counters summed: what the controller reports per run."""
+        return {name: sum(s.counters[name] for s in self.senders.values()) for name in FLOW_COUNTERS}
+
+
+def _of_peer(ends: dict, peer: int | str) -> list:
+    """The queue-pair ends of ``ends`` (keyed by (peer, channel)) that talk to ``peer``, every channel."""
+    return [end for (other, _), end in ends.items() if other == int(peer)]
 
 
 def execute(schedule: Schedule, buffers: dict[str, np.ndarray], links: RankLinks) -> None:
@@ -115,7 +165,8 @@ def execute(schedule: Schedule, buffers: dict[str, np.ndarray], links: RankLinks
                 if remaining[successor] == 0:
                     ready.append(successor)
         if done < len(schedule.steps):
-            if not run([links.nic], lambda: any(r.has_message() for r in blocked.values()), STEP_TIMEOUT_S):
+            if not run([links.nic], lambda: links.poll_control() or any(r.has_message() for r in blocked.values()),
+                       STEP_TIMEOUT_S):
                 raise TimeoutError(f"rank {schedule.rank}: no chunk arrived for {STEP_TIMEOUT_S} s")
             arrived = [i for i, r in blocked.items() if r.has_message()]
             for i in arrived:
@@ -142,12 +193,14 @@ def measure(command: dict, links: RankLinks) -> dict:
                               in_place=command["in_place"])
     data = rank_input(rank, schedule.send_elems, dtype, command["seed"])
     buffers = rank_buffers(schedule, data)
+    before = links.counters()
     for _ in range(command["warmup"]):
         execute(schedule, buffers, links)
-    start = time.perf_counter()
+    iter_us = []
     for _ in range(command["iters"]):
+        start = time.perf_counter()
         execute(schedule, buffers, links)
-    elapsed = time.perf_counter() - start
+        iter_us.append((time.perf_counter() - start) * 1e6)
     wrong = None
     if command["check"]:
         buffers = rank_buffers(schedule, data)
@@ -155,13 +208,17 @@ def measure(command: dict, links: RankLinks) -> dict:
         inputs = [rank_input(r, schedule.send_elems, dtype, command["seed"]) for r in range(n)]
         want = expected(command["collective"], inputs, op=command["op"], root=command["root"])[rank]
         wrong = 0 if want is None else count_wrong(buffers["recv"], want, op=command["op"], nranks=n)
-    return {"time_us": elapsed * 1e6 / max(1, command["iters"]), "wrong": wrong}
+    counters = {name: value - before[name] for name, value in links.counters().items()}
+    return {"time_us": sum(iter_us) / max(1, len(iter_us)), "iter_us": iter_us, "wrong": wrong, "counters": counters}
 
 
-def next_command(nic: Nic) -> dict | None:
+def next_command(links: RankLinks) -> dict | None:
     """The controller's next command (None once it closes stdin), serving the NIC meanwhile: a peer still
-    finishing may need this rank to acknowledge a retransmitted chunk."""
-    run([nic], lambda: bool(select.select([sys.stdin], [], [], 0)[0]), timeout_s=IDLE_TIMEOUT_S)
+    finishing may need this rank to acknowledge a retransmitted chunk.  Control messages pushed before the
+    command are applied before it runs (the controller pushes them first)."""
+    run([links.nic], lambda: bool(select.select([sys.stdin], [], [], 0)[0]), timeout_s=IDLE_TIMEOUT_S)
+    for message in links.control.poll() if links.control else ():
+        links.apply(message)
     line = sys.stdin.readline()
     return json.loads(line) if line else None
 
@@ -170,11 +227,12 @@ def main() -> None:
     """Serve the controller: a job line, then one answer per command line until stdin closes."""
     job = json.loads(sys.stdin.readline())
     config = TransportConfig(**job.get("transport", {}))
+    control = ControlClient(job["control"], job["rank"]) if job.get("control") else None
     with Nic(job["addresses"][job["rank"]]) as nic:
-        links = RankLinks(nic, job["rank"], job["addresses"], job["cc"], config)
+        links = RankLinks(nic, job["rank"], job["addresses"], job["cc"], config, control)
         links.open_all(job["nchannels"])
         print(json.dumps({"ready": job["rank"]}), flush=True)
-        while (command := next_command(nic)) is not None:
+        while (command := next_command(links)) is not None:
             if command["nchannels"] > job["nchannels"]:
                 raise ValueError(f"{command['nchannels']} channels asked, the job opened {job['nchannels']}")
             print(json.dumps(measure(command, links)), flush=True)

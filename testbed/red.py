@@ -33,7 +33,12 @@ def get_parameters(kwarg):
         raise ValueError(f"red: max {qmax} must not exceed limit {limit}")
     if not 0 < probability <= 1:
         raise ValueError(f"red: probability {probability} must be in (0, 1]")
-    burst = int(kwarg.get("burst") or (2 * qmin + qmax) // (3 * avpkt))
+    # RED's EWMA needs qmin above one average packet: thresholds of a couple of 4 KB RoCE packets under a
+    # jumbo-frame avpkt mean the traffic's packets are the smaller ones
+    avpkt = min(avpkt, qmin // 2)
+    # tc's default burst, raised where the EWMA equation has no solution (a burst of packets must be able
+    # to exceed qmin: thresholds of two or three jumbo frames, as at emulated rates, would fail otherwise)
+    burst = int(kwarg.get("burst") or max((2 * qmin + qmax) // (3 * avpkt), qmin // avpkt + 2))
     wlog = red_eval_ewma(qmin, burst, avpkt)
     plog = red_eval_P(qmin, qmax, probability)
     scell_log, stab = red_eval_idle_damping(wlog, avpkt, int(kwarg.get("bandwidth") or DEFAULT_BANDWIDTH))

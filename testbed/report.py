@@ -73,3 +73,13 @@ def bound_table(collective: str, rows: list[dict]) -> Table:
         table.add_row(str(r["size_bytes"]), f"{r['time_us']:.0f}", f"{r['bound_us']:.0f}", f"{r['busbw_gbps']:.4f}",
                       f"{r['bound_busbw_gbps']:.4f}", f"{r['of_bound_pct']:.0f} %", r["limited_by"])
     return table
+
+
+def discovery_table(paths: list) -> Table:
+    """What the fabric controller's probes found between sites."""
+    table = _table("paths the controller measured (probes, not the topology file)",
+                   ("from", "to", "border RTT ms", "host RTT ms", "bottleneck Mbit/s", "DCIs"))
+    for p in paths:
+        table.add_row(p.src_site, p.dst_site, f"{p.rtt_ms:.3f}", f"{p.host_rtt_ms:.3f}", f"{p.bottleneck_mbps:.2f}",
+                      " ".join(f"{a}->{b}" for a, b in p.dcis))
+    return table

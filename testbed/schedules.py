@@ -738,6 +738,17 @@ def build_schedules(collective: str, nranks: int, count: int, **kwargs) -> list[
     return [build_schedule(collective, r, nranks, count, **kwargs) for r in range(nranks)]
 
 
+def flows(collective: str, nranks: int, algorithm: Algorithm, root: int = 0,
+          sites: Optional[Sequence[Sequence[int]]] = None) -> set[tuple[int, int, int]]:
+    """(rank, peer, channel) of every queue pair a call of ``collective`` sends data on: what a fabric
+    controller needs to know which flows share a link (the pattern does not depend on the size)."""
+    count = nranks * algorithm.nchannels * 2
+    return {(s.rank, step.send_peer, step.channel)
+            for s in build_schedules(collective, nranks, count, root=root, nchannels=algorithm.nchannels,
+                                     sites=sites)
+            for step in s.steps if step.send_peer is not None}
+
+
 # --------------------------------------------------------------------------- #
 # Simulation
 # --------------------------------------------------------------------------- #

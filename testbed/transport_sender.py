@@ -63,6 +63,7 @@ class Sender(QueuePairEnd):
                  config: TransportConfig = TransportConfig()) -> None:
         super().__init__(nic, qpn, peer_qpn, config)
         self.peer, self.cc = peer, cc
+        self.max_rate_bps: float | None = None  # a controller's pacing cap on top of the cc's rate
         self._tos = ip_tos(Kind.DATA, config.dscp)
         self._data_flow = nic.flows(peer)[1]
         self._capacity = data_capacity(config.mtu)
@@ -111,6 +112,11 @@ class Sender(QueuePairEnd):
         """True when every queued message has been acknowledged."""
         return self._una == self._end
 
+    @property
+    def pacing_rate_bps(self) -> float:
+        """The rate packets leave at: the cc's, under the controller's cap if it set one."""
+        return self.cc.rate_bps if self.max_rate_bps is None else min(self.cc.rate_bps, self.max_rate_bps)
+
     def set_data_tos(self, tos: int) -> None:
         """Send data with IP TOS ``tos`` from now on (a test hook: CE-mark data where no queue would)."""
         self._tos = tos
@@ -148,7 +154,7 @@ class Sender(QueuePairEnd):
             self._on_timeout(now_ns)
         for _ in range(SEND_BATCH):  # then let ACKs in
             index = self._sendable()
-            if index is None or self._pacer.delay_ns(now_ns):
+            if index is None or self._pacer.delay_ns(now_ns, self.pacing_rate_bps):
                 return
             self._transmit(index, now_ns)
             now_ns = time.monotonic_ns()
@@ -156,7 +162,7 @@ class Sender(QueuePairEnd):
     def next_wakeup_ns(self, now_ns: int) -> int:
         due = [t for t in (self.cc.next_timer_ns, self._rto_due_ns) if t is not None]
         if self._sendable() is not None:
-            due.append(now_ns + self._pacer.delay_ns(now_ns))
+            due.append(now_ns + self._pacer.delay_ns(now_ns, self.pacing_rate_bps))
         return min(due, default=FAR_FUTURE_NS)
 
     def _sendable(self) -> int | None:
@@ -195,7 +201,7 @@ class Sender(QueuePairEnd):
         self.counters["bytes_sent"] += segment.size
         self._first_send_ns = self._first_send_ns or now_ns
         self.cc.on_send(now_ns, len(packet))
-        self._pacer.on_send(now_ns, len(packet) + IP_UDP_HEADER_BYTES, self.cc.rate_bps)
+        self._pacer.on_send(now_ns, len(packet) + IP_UDP_HEADER_BYTES, self.pacing_rate_bps)
         if self._rto_due_ns is None:
             self._rto_due_ns = now_ns + self._rtt.rto_ns
 

@@ -19,15 +19,10 @@ ECT0, CE = 0b10, 0b11
 REPLY = re.compile(r"bytes from .* icmp_seq=(\d+)")
 
 
-def egress(link, node_name: str):
-    """The end of ``link`` through which ``node_name`` sends."""
-    return next(intf for intf in (link.intf1, link.intf2) if intf.node.name == node_name)
-
-
 def test_loss_drops_packets_and_resetting_to_zero_stops_the_drops(two_sites):
     """10 % loss each way: every lost ping is a netem drop at one of the two DCI egresses, and 0 % is clean."""
     link = two_sites.dci("west", "east")
-    ends = (egress(link, "westb"), egress(link, "eastb"))
+    ends = (two_sites.egress("westb", "eastb"), two_sites.egress("eastb", "westb"))
     src, dst = two_sites.hosts("west")[1], two_sites.hosts("east")[1]
 
     def pings_and_drops() -> tuple[int, int]:
@@ -73,7 +68,7 @@ def test_burst_loss_keeps_the_average_loses_in_runs_and_resets_live(two_sites):
     1 / 0.95 = 1.05 packets on average.
     """
     link = two_sites.dci("west", "east")
-    west, east = egress(link, "westb"), egress(link, "eastb")
+    west, east = two_sites.egress("westb", "eastb"), two_sites.egress("eastb", "westb")
     src, dst = two_sites.hosts("west")[0], two_sites.hosts("east")[0]
 
     def held() -> tuple[float, dict | None]:
@@ -130,7 +125,7 @@ def test_jitter_varies_delay_but_reorders_only_when_asked(two_sites):
 
 def test_ecn_capable_traffic_above_threshold_is_marked_counted_and_captured(two_sites, tmp_path):
     link = two_sites.dci("west", "east")
-    west, east = egress(link, "westb"), egress(link, "eastb")
+    west, east = two_sites.egress("westb", "eastb"), two_sites.egress("eastb", "westb")
     src, dst = two_sites.hosts("west")[3], two_sites.hosts("east")[3]
     before = west.stats()
     with DciCapture(two_sites, tmp_path) as capture:

@@ -135,7 +135,7 @@ def dci_queue_during(tb, qp, seconds: float) -> tuple[list[int], dict]:
     (Each sample is a few netlink round trips through pyroute2's namespace proxy: costly under TCG.)
     Returns the samples and what RED counted meanwhile.
     """
-    egress = next(i for i in (tb.dci("west", "east").intf1, tb.dci("west", "east").intf2) if i.node.name == "westb")
+    egress = tb.egress("westb", "eastb")
     deadline = time.monotonic() + 10
     while egress.stats()["backlog_bytes"] and time.monotonic() < deadline:
         time.sleep(0.05)  # what an earlier flow left queued must not count as this one's

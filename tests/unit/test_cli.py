@@ -32,6 +32,12 @@ def run_cli(*args):
     (["perf", "broadcast", "-r", "8"], "root"),
     (["perf", "nosuch"], "argument collective: invalid choice: 'nosuch'"),
     (["perf", "all_reduce", "--topology", "nosuch"], "unknown topology 'nosuch'"),
+    (["compare", "--modes", "baseline,magic"], "--modes 'baseline,magic': unknown mode magic"),
+    (["compare", "--distances", "10,far"], "--distances '10,far' must be comma-separated kilometres"),
+    (["compare", "--distances", "0"], "every distance must be > 0 km"),
+    (["compare", "--target-queue-ms", "-1"], "--target-queue-ms -1.0 must be > 0"),
+    (["compare", "--collective", "nosuch"], "argument --collective: invalid choice: 'nosuch'"),
+    (["compare", "-b", "8M", "-e", "1M"], "invalid sizes for 'minbytes' and 'maxbytes'"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message):
     records_before = set(cleanup.RUN_DIR.glob("*.json")) if cleanup.RUN_DIR.is_dir() else set()

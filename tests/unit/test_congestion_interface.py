@@ -6,9 +6,13 @@ import pytest
 
 from controllers.base import CongestionControl
 from controllers.dcqcn import Dcqcn, DcqcnParams
+from controllers.adaptive import Adaptive, AdaptiveParams, Path
 from controllers.fixed_rate import FixedRate
+from controllers.swift import Swift, SwiftParams
 
-ALGORITHMS = [lambda: FixedRate(80e6), lambda: Dcqcn(), lambda: Dcqcn(DcqcnParams().scaled_to(100e6))]
+LONG_HAUL = Path(base_rtt_ns=20_000_000, bottleneck_bps=50e6, line_rate_bps=100e6, frame_bytes=4154)
+ALGORITHMS = [lambda: FixedRate(80e6), lambda: Dcqcn(), lambda: Dcqcn(DcqcnParams().scaled_to(100e6)),
+              lambda: Adaptive(AdaptiveParams.for_path(LONG_HAUL)), lambda: Swift(SwiftParams.for_path(LONG_HAUL))]
 
 
 def drive(controller: CongestionControl) -> None:
@@ -42,7 +46,7 @@ def test_the_interface_cannot_be_instantiated_and_needs_only_a_rate():
     assert (minimal.rate_bps, minimal.cwnd_bytes, minimal.next_timer_ns) == (1e6, None, None)
 
 
-@pytest.mark.parametrize("make", ALGORITHMS, ids=["fixed", "dcqcn", "dcqcn-100M"])
+@pytest.mark.parametrize("make", ALGORITHMS, ids=["fixed", "dcqcn", "dcqcn-100M", "adaptive", "swift"])
 def test_every_algorithm_implements_the_interface(make):
     controller = make()
     assert isinstance(controller, CongestionControl)

@@ -420,15 +420,25 @@ def test_rtt_estimator_follows_rfc_6298():
 
 def test_pacer_spaces_packets_and_keeps_only_its_slack_of_debt():
     pacer = Pacer(slack_ns=1_000)
-    assert pacer.delay_ns(0) == 0
+    assert pacer.delay_ns(0, 1e6) == 0
     pacer.on_send(0, 125, 1e6)  # 1000 bits at 1 Mbit/s: 1 ms
-    assert pacer.delay_ns(0) == 1_000_000 and pacer.delay_ns(400_000) == 600_000
+    assert pacer.delay_ns(0, 1e6) == 1_000_000 and pacer.delay_ns(400_000, 1e6) == 600_000
     pacer.on_send(1_000_500, 125, 1e6)  # 500 ns late: within the slack, so the schedule is kept
-    assert pacer.delay_ns(1_000_500) == 999_500
+    assert pacer.delay_ns(1_000_500, 1e6) == 999_500
     pacer.on_send(10_000_000, 125, 1e6)  # idle long past the slack: restart from now minus the slack
-    assert pacer.delay_ns(10_000_000) == 1_000_000 - 1_000
+    assert pacer.delay_ns(10_000_000, 1e6) == 1_000_000 - 1_000
     with pytest.raises(ValueError, match="rate_bps must be a positive finite number"):
         pacer.on_send(0, 125, 0)
+
+
+def test_pacer_applies_a_new_rate_to_the_gap_already_running():
+    """A packet sent at a deep cut's rate must not hold the flow once the rate has recovered."""
+    pacer = Pacer()
+    pacer.on_send(0, 125, 1e3)  # 1000 bits at 1 kbit/s would be a 1 s gap
+    assert pacer.delay_ns(0, 1e3) == 1_000_000_000
+    assert pacer.delay_ns(0, 1e6) == 1_000_000  # the rate recovered to 1 Mbit/s: 1 ms
+    pacer.on_send(1_000_000, 125, 1e6)
+    assert pacer.delay_ns(1_000_000, 2e6) == 500_000
 
 
 def test_bad_settings_are_rejected_in_one_line():

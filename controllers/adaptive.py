@@ -1,0 +1,241 @@
+"""Distance-adaptive congestion control: DCQCN's reaction point with every knob derived from the measured path,
+plus a delay signal and a window.
+
+Why: in a scale-across fabric the DCI loop is one base RTT (5-20 ms for 500-2000 km of fibre, 5 us/km each
+way), a thousand times DCQCN's design RTT.  A reaction shows at the bottleneck only one RTT after it was
+taken, so any timer shorter than an RTT acts on stale feedback: an increase timer of 300 us stacks ~60
+steps before their effect is seen, a 4 us CNP guard cuts again for congestion already reacted to.  Every
+time constant below is therefore the base RTT (or a fixed fraction of it), and every rate a fraction of the
+flow's fair share of the measured bottleneck.
+
+Inputs (``Path``, measured by the fabric controller): base RTT (min RTT), bottleneck rate C, the sender's
+line rate, a full data frame on the wire, and the N flows of the job sharing the bottleneck that way.
+
+  share        S   = C / N
+  bdp              = S * RTT / 8                                  bytes one flow keeps in flight
+  target queue Q_t = max(RTT / 20, 2 frames / C)                  ``target_queue_for``
+                   A queueing delay of a twentieth of the propagation delay (Swift, Kumar et al.
+                   SIGCOMM'20, holds the delay at a target a little above the path's base delay; over a
+                   long path a fixed fraction of it keeps the queueing small relative to the loop), but
+                   never below two frames at C: at emulated rates one 4 KB frame takes milliseconds, and a
+                   queue cannot be held shorter than a packet or two.
+  start rate       = min(line rate, S)                            no slow start over a 20 ms loop, no
+                                                                  line-rate burst into the DCI buffer
+  window           = ceil(bdp + S * Q_t / 8), >= 2 frames         ``window_bytes``: with feedback one RTT
+                   late it is the window, not the rate, that bounds the queue: in flight never exceeds
+                   BDP plus the target queue whatever the rate says.
+
+DCQCN knobs (Zhu et al. SIGCOMM'15; names as in ``controllers.dcqcn``):
+  rp_max_rate = line rate;  rp_min_rate = S / 1000
+  rp_time_reset = RTT         one increase step per round trip: a step is judged one RTT later
+  rp_dce_tcp_rtt (K) = RTT    alpha is an estimate of marks per window, updated per window as in DCTCP
+  rp_dce_tcp_g = 1/16         DCTCP's g (Alizadeh et al. SIGCOMM'10), for an alpha updated once per RTT
+  rp_rate_reduce_monitor_period = RTT
+                              a CNP within one RTT of the last cut reports congestion from before the cut:
+                              react at most once per RTT, as DCTCP does
+  rp_byte_reset = max(frame, bdp)   one byte-counter event per window sent, i.e. per RTT at the share
+  rp_ai_rate = 0.02 S;  rp_hai_rate = 0.1 S   2 % and 10 % of the share per step (so per RTT)
+  rp_threshold = 5 (DCQCN's F);  rp_initial_alpha = 0.5 (a first cut of 25 %: the flow starts at its
+  share, so the first overshoot is small)
+  np_min_time_between_cnps = RTT / 8   the receiver sends a few CNPs per RTT, not one per 50 us
+
+Delay signal (TIMELY, Mittal et al. SIGCOMM'15: RTT at the sender is a congestion signal; Swift: decrease
+in proportion to the excess over a target).  With base = min(configured base RTT, every sample):
+
+  rtt - base > Q_t  ->  RC <- RC * max(1 - beta * (rtt - base - Q_t) / rtt, 1 - max_decrease)
+
+which is TIMELY's T_high rule and Swift's MD with target delay base + Q_t (beta 0.8, max_decrease 0.5 as
+Swift's beta and max_mdf).  It is booked as a DCQCN cut (RT <- RC before it, stage counters and byte count
+reset, increase timer restarted) except that alpha, an ECN estimate, is left as it is.  Cuts of every kind
+share one guard: none within rp_rate_reduce_monitor_period (one RTT) of the previous.
+
+ECN marking on the DCI egress (``ecn_thresholds``): Kmin = Q_t * C / 8, marking starts at the target queue;
+Kmax = Kmin + max(2 frames, C * RTT / 8 / 7).  DCTCP (its section 3.4) bounds the queue swing of flows that
+cut once per RTT: its threshold K > C * RTT / 7 is the headroom that keeps the link busy through a round of
+cuts.  The ramp spans that swing, so marking reaches Pmax only once the queue has overshot the target by
+as much as one round of cuts takes back: small overshoots draw proportionally few marks, and the ramp
+widens with the loop's length.  With a buffer of one BDP (the fabric's DCI default) and RTT / 20
+setting the target, Kmax = (1/20 + 1/7) BDP, under a fifth of it: Pmax is reached well before tail drop.
+A smaller buffer clamps Kmax to it and Kmin to at most half of it, so a ramp remains.  Inside sites the
+fabric keeps its shallow defaults.
+"""
+
+import math
+from dataclasses import dataclass, fields
+
+from controllers.dcqcn import Dcqcn, DcqcnParams
+
+TARGET_RTT_FRACTION = 20  # target queue >= RTT / 20
+MIN_QUEUE_FRAMES = 2  # ... and >= 2 frames, as are the window and Kmin
+DCTCP_G = 1 / 16
+DCTCP_HEADROOM = 7  # K > C * RTT / 7
+INITIAL_ALPHA = 0.5
+AI_SHARE, HAI_SHARE, MIN_RATE_SHARE = 0.02, 0.1, 1e-3
+CNPS_PER_RTT = 8
+WINDOW_GAIN = 2  # the flow's window: twice BDP + target queue (see Adaptive)
+
+
+def check_positive(name: str, value: float) -> None:
+    """Raise a one-line ValueError naming ``name`` unless ``value`` is a positive finite number."""
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive finite number, got {value}")
+
+
+@dataclass(frozen=True)
+class Path:
+    """What the fabric controller measured for one sender -> receiver path."""
+
+    base_rtt_ns: int  # minimum RTT
+    bottleneck_bps: float
+    line_rate_bps: float  # the sender NIC's
+    frame_bytes: int  # one full data frame on the wire
+    flows: int = 1  # flows of the same job sharing the bottleneck in this direction
+
+    def __post_init__(self) -> None:
+        for item in fields(self):
+            check_positive(item.name, getattr(self, item.name))
+
+    @property
+    def share_bps(self) -> float:
+        return self.bottleneck_bps / self.flows
+
+    @property
+    def bdp_bytes(self) -> float:
+        """Bytes one flow keeps in flight at its share over the base RTT."""
+        return self.share_bps * self.base_rtt_ns / 8e9
+
+
+def target_queue_for(path: Path, target_queue_ns: int | None = None) -> int:
+    """``target_queue_ns`` if given, else the default: max(RTT / 20, 2 frames at the bottleneck rate)."""
+    if target_queue_ns is not None:
+        return target_queue_ns
+    two_frames_ns = math.ceil(MIN_QUEUE_FRAMES * path.frame_bytes * 8e9 / path.bottleneck_bps)
+    return max(path.base_rtt_ns // TARGET_RTT_FRACTION, two_frames_ns)
+
+
+def window_bytes(path: Path, target_queue_ns: int) -> int:
+    """BDP at the share plus the target queue at the share, at least 2 frames."""
+    window = math.ceil(path.bdp_bytes + path.share_bps * target_queue_ns / 8e9)
+    return max(MIN_QUEUE_FRAMES * path.frame_bytes, window)
+
+
+def ecn_thresholds(bottleneck_bps: float, base_rtt_ns: int, target_queue_ns: int, frame_bytes: int,
+                   buffer_bytes: int) -> tuple[int, int]:
+    """(Kmin, Kmax) in bytes for RED on a DCI egress; see the module docstring for the rule."""
+    for name, value in (("bottleneck_bps", bottleneck_bps), ("base_rtt_ns", base_rtt_ns),
+                        ("target_queue_ns", target_queue_ns), ("frame_bytes", frame_bytes)):
+        check_positive(name, value)
+    if not (math.isfinite(buffer_bytes) and buffer_bytes >= 2):
+        raise ValueError(f"buffer_bytes must be at least 2 (room for Kmin < Kmax), got {buffer_bytes}")
+    kmin = max(MIN_QUEUE_FRAMES * frame_bytes, math.ceil(bottleneck_bps * target_queue_ns / 8e9))
+    ramp = max(MIN_QUEUE_FRAMES * frame_bytes, math.ceil(bottleneck_bps * base_rtt_ns / 8e9 / DCTCP_HEADROOM))
+    if kmin + ramp <= buffer_bytes:
+        return kmin, kmin + ramp
+    return min(kmin, buffer_bytes // 2), buffer_bytes
+
+
+@dataclass(frozen=True)
+class AdaptiveParams:
+    """Knobs of ``Adaptive``; ``for_path`` derives them from a measured path."""
+
+    dcqcn: DcqcnParams
+    start_rate_bps: float
+    cwnd_bytes: int
+    base_rtt_ns: int
+    target_queue_ns: int
+    delay_beta: float = 0.8
+    max_decrease: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in ("start_rate_bps", "cwnd_bytes", "base_rtt_ns", "target_queue_ns", "delay_beta",
+                     "max_decrease"):
+            check_positive(name, getattr(self, name))
+        if self.delay_beta > 1:  # so that 1 - beta * (rtt - base - target) / rtt stays positive
+            raise ValueError(f"delay_beta must be in (0, 1], got {self.delay_beta}")
+        if self.max_decrease >= 1:
+            raise ValueError(f"max_decrease must be in (0, 1), got {self.max_decrease}")
+        if not self.dcqcn.rp_min_rate_bps <= self.start_rate_bps <= self.dcqcn.rp_max_rate_bps:
+            raise ValueError(f"start_rate_bps {self.start_rate_bps} is outside [rp_min_rate_bps, rp_max_rate_bps]"
+                             f" = [{self.dcqcn.rp_min_rate_bps}, {self.dcqcn.rp_max_rate_bps}]")
+
+    @classmethod
+    def for_path(cls, path: Path, target_queue_ns: int | None = None, delay_beta: float = 0.8,
+                 max_decrease: float = 0.5) -> "AdaptiveParams":
+        """The knobs for ``path`` (formulas in the module docstring)."""
+        target = target_queue_for(path, target_queue_ns)
+        share, rtt = path.share_bps, path.base_rtt_ns
+        dcqcn = DcqcnParams(
+            rp_max_rate_bps=path.line_rate_bps, rp_min_rate_bps=share * MIN_RATE_SHARE,
+            rp_ai_rate_bps=share * AI_SHARE, rp_hai_rate_bps=share * HAI_SHARE, rp_time_reset_ns=rtt,
+            rp_byte_reset_bytes=max(path.frame_bytes, math.ceil(path.bdp_bytes)), rp_threshold=5,
+            rp_dce_tcp_g=DCTCP_G, rp_dce_tcp_rtt_ns=rtt, rp_initial_alpha_value=INITIAL_ALPHA,
+            rp_rate_reduce_monitor_period_ns=rtt, np_min_time_between_cnps_ns=rtt // CNPS_PER_RTT)
+        return cls(dcqcn=dcqcn, start_rate_bps=min(path.line_rate_bps, share), cwnd_bytes=window_bytes(path, target),
+                   base_rtt_ns=rtt, target_queue_ns=target, delay_beta=delay_beta, max_decrease=max_decrease)
+
+
+class Adaptive(Dcqcn):
+    """DCQCN from ``AdaptiveParams``, with a window and a delay signal.
+
+    Unlike ``Dcqcn`` the flow starts at ``start_rate_bps`` and throttled: its first send counts as a cut to
+    that rate (RT = RC, stage counters at zero, increase timer and alpha decay running from there), so it
+    climbs towards line rate while the path allows.  No CNP can arrive within one base RTT of the first
+    send, so the cut guard this sets costs nothing.  CNPs are DCQCN's; an RTT sample with more than the
+    target queue above the flow's own smallest sample cuts by Swift's factor.  Timeouts and NAKs leave the
+    rate, as in DCQCN: go-back-N repairs them, and a timeout on a loaded end host is often spurious (the
+    ECN and delay signals report congestion earlier than any timeout).  At most one cut per base RTT.
+
+    The delay signal's base is the flow's own smallest RTT sample, not the probe's: the transport's loop
+    includes both end hosts' processing, which a ping does not see.  The window is a safety bound, twice
+    ``window_bytes`` at the larger of the two RTTs: the paced rate holds the queue, the window only stops
+    it growing past a BDP if the rate is wrong for a round trip (and it must exceed the receiver's ACK
+    batch, or the flow stalls between ACKs).
+    """
+
+    def __init__(self, params: AdaptiveParams) -> None:
+        super().__init__(params.dcqcn)
+        self.adaptive_params = params
+        self._rc = self._rt = params.start_rate_bps
+        self._min_rtt_ns: int | None = None
+        self._cwnd = WINDOW_GAIN * params.cwnd_bytes
+
+    @property
+    def cwnd_bytes(self) -> int:
+        return self._cwnd
+
+    @property
+    def base_rtt_ns(self) -> int | None:
+        """The flow's smallest RTT sample so far (None before the first)."""
+        return self._min_rtt_ns
+
+    def on_send(self, now_ns: int, nbytes: int) -> None:
+        if self._last_cut_ns is None:
+            self._last_cut_ns, self._timer_due_ns = now_ns, now_ns + self.params.rp_time_reset_ns
+        super().on_send(now_ns, nbytes)
+
+    def on_ack(self, now_ns: int, acked_bytes: int, rtt_ns: int | None) -> None:
+        self._advance(now_ns)
+        if rtt_ns is None:
+            return
+        p = self.adaptive_params
+        if self._min_rtt_ns is None or rtt_ns < self._min_rtt_ns:
+            self._min_rtt_ns = rtt_ns
+            scale = max(1.0, rtt_ns / p.base_rtt_ns)
+            self._cwnd = max(WINDOW_GAIN * p.cwnd_bytes, math.ceil(WINDOW_GAIN * p.cwnd_bytes * scale))
+        excess_ns = rtt_ns - self._min_rtt_ns - p.target_queue_ns
+        if excess_ns > 0 and self._may_cut(now_ns):
+            self._cut_to(now_ns, self._rc * max(1 - p.delay_beta * excess_ns / rtt_ns, 1 - p.max_decrease))
+
+    def _may_cut(self, now_ns: int) -> bool:
+        """No cut in the last rp_rate_reduce_monitor_period (the guard ``Dcqcn.on_cnp`` applies to CNPs)."""
+        period = self.params.rp_rate_reduce_monitor_period_ns
+        return self._last_cut_ns is None or now_ns - self._last_cut_ns >= period
+
+    def _cut_to(self, now_ns: int, rate_bps: float) -> None:
+        """A cut with a CNP's bookkeeping, but alpha (an ECN estimate) kept at its value decayed to now."""
+        self._alpha = self.alpha_at(now_ns)
+        self._rt = self._rc
+        self._rc = max(self.params.rp_min_rate_bps, rate_bps)
+        self._last_cut_ns = now_ns
+        self._timer_events = self._byte_events = self._bytes = 0
+        self._timer_due_ns = now_ns + self.params.rp_time_reset_ns

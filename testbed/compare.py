@@ -1,0 +1,198 @@
+"""Baseline against adaptive (and any other mode) on one built fabric: same topology, workload and seed.
+
+    with Testbed(TwoSites()) as tb:
+        comparison = compare(tb, nccl_tests.parse_args("all_reduce", ["-b", "1M", "-e", "4M"]),
+                             modes=["baseline", "adaptive"])
+
+The fabric is probed once (``controllers.discovery``).  Then for each mode in turn the fabric controller
+configures the DCI thresholds and pushes per-path congestion control to freshly started ranks over the
+control channel, and the nccl-tests sweep runs while the controller samples (and, in modes that govern,
+manages) the DCI queues.  What a mode leaves behind (thresholds) is overwritten by the next mode's plan.
+
+Per mode it returns the nccl-tests results and a summary: completion time p50/p99 of the largest size's
+iterations (the slowest rank's time of each), DCI queueing delay p50/p99 over the samples taken while the
+DCI was busy, and what the run cost: drops and CE marks at the DCI egresses, CNPs and retransmitted packets
+at the senders.
+"""
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from controllers.discovery import SitePath, discover
+from controllers.fabric_controller import FabricController
+from controllers.modes import MODES
+from testbed import nccl_tests, report
+from testbed.bounds import rank_sites
+from testbed.collectives import bounds_beside, start_ranks, sweep
+from testbed.control_channel import ControlServer
+from testbed.schedules import Algorithm, flows
+
+
+@dataclass
+class ModeRun:
+    mode: str
+    results: list[nccl_tests.Result]
+    summary: dict
+    samples: list[dict] = field(default_factory=list)
+    actions: list[dict] = field(default_factory=list)
+    calls: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class Comparison:
+    paths: list[SitePath]
+    runs: list[ModeRun]
+    bounds: list[dict]
+
+    def ratios(self) -> pd.DataFrame:
+        """Per size: each mode's busbw (Mbit/s, out of place), its ratio to the first mode, and the bound."""
+        rows = []
+        for i, bound in enumerate(self.bounds):
+            row = {"size_bytes": bound["size_bytes"], "bound_mbps": bound["bound_busbw_gbps"] * 8e3}
+            for run in self.runs:
+                row[f"{run.mode}_mbps"] = run.results[i].out_of_place.busbw_gbps * 8e3
+            reference = row[f"{self.runs[0].mode}_mbps"]
+            for run in self.runs[1:]:
+                row[f"{run.mode}_x"] = row[f"{run.mode}_mbps"] / reference if reference else float("nan")
+                row[f"{run.mode}_of_bound_pct"] = 100 * row[f"{run.mode}_mbps"] / row["bound_mbps"]
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def summaries(self) -> pd.DataFrame:
+        return pd.DataFrame([run.summary for run in self.runs])
+
+
+def compare(tb, options: nccl_tests.Options, modes: list[str], algorithm: Algorithm = Algorithm(),
+            target_queue_ns: int | None = None, paths: list[SitePath] | None = None,
+            print_line: Callable[[str], None] = print, log: Callable[[str], None] = print) -> Comparison:
+    """Run ``options``' sweep under each of ``modes`` on ``tb`` (probing the fabric first unless ``paths``)."""
+    for mode in modes:
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r} (modes: {', '.join(MODES)})")
+    paths = paths if paths is not None else discover(tb)
+    runs = [run_mode(tb, options, mode, algorithm, paths, target_queue_ns, print_line, log) for mode in modes]
+    return Comparison(paths, runs, bounds_beside(tb, options, algorithm, runs[0].results))
+
+
+def run_mode(tb, options: nccl_tests.Options, mode: str, algorithm: Algorithm, paths: list[SitePath],
+             target_queue_ns: int | None, print_line, log) -> ModeRun:
+    """One mode: plan, configure switches, start ranks wired to the controller, sweep while sampling."""
+    hosts = tb.hosts()
+    sites = rank_sites(tb.topo, [h.name for h in hosts]) if algorithm.hierarchical else None
+    controller = FabricController(tb, paths, mode, target_queue_ns, log)
+    plan = controller.plan(hosts, flows(options.collective, len(hosts), algorithm, sites=sites))
+    log(f"mode {mode}: {MODES[mode].description}")
+    controller.configure_switches(plan)
+    before = _dci_counters(tb, plan)
+    calls = []
+    with ControlServer() as server, start_ranks(tb, algorithm.nchannels, control=server.path) as ranks:
+        server.accept(len(hosts))
+        controller.configure_senders(plan, server)
+        with controller.governing(plan, server):
+            results = sweep(tb, ranks, options, algorithm, print_line,
+                            on_answers=lambda call, answers: calls.append(_call_row(mode, call, answers)))
+    after = _dci_counters(tb, plan)
+    summary = _summary(mode, calls, controller.samples, {k: after[k] - before[k] for k in after})
+    return ModeRun(mode, results, summary, controller.samples, controller.actions, calls)
+
+
+def _call_row(mode: str, call: dict, answers: list[dict]) -> dict:
+    """One command's outcome: per iteration, the slowest rank's time (the collective's completion)."""
+    completion = np.max([a["iter_us"] for a in answers], axis=0).tolist() if answers[0]["iter_us"] else []
+    counters = {name: sum(a["counters"][name] for a in answers) for name in answers[0]["counters"]}
+    return {"mode": mode, "size_bytes": call["size_bytes"], "in_place": call["in_place"],
+            "completion_us": completion, **counters}
+
+
+def _dci_counters(tb, plan) -> dict:
+    stats = [tb.egress(*hop).stats() for hop in plan.egresses]
+    return {"drops": sum(s["drops"] for s in stats), "ce_marks": sum(s["ecn_marks"] for s in stats)}
+
+
+def _summary(mode: str, calls: list[dict], samples: list[dict], dci: dict) -> dict:
+    largest = max(c["size_bytes"] for c in calls)
+    completion = [t for c in calls if c["size_bytes"] == largest for t in c["completion_us"]]
+    delays = [s["queue_delay_ms"] for s in samples if s["busy"]]
+    p = (lambda values, q: float(np.percentile(values, q)) if values else float("nan"))
+    return {"mode": mode, "size_bytes": largest,
+            "completion_p50_ms": p(completion, 50) / 1e3, "completion_p99_ms": p(completion, 99) / 1e3,
+            "dci_queue_p50_ms": p(delays, 50), "dci_queue_p99_ms": p(delays, 99), **dci,
+            "cnps": sum(c["cnps_received"] for c in calls),
+            "retransmitted": sum(c["retransmitted_packets"] for c in calls),
+            "timeouts": sum(c["timeouts"] for c in calls)}
+
+
+def save(comparison: Comparison, out) -> None:
+    """CSV (and Parquet for the long tables) in ``out``: results per mode, ratios, summaries, paths, samples."""
+    out.mkdir(parents=True, exist_ok=True)
+    frames = []
+    for run in comparison.runs:
+        frames.append(nccl_tests.to_frame(run.results).assign(mode=run.mode))
+    nccl_tests.save(pd.concat(frames, ignore_index=True), out, "compare-results")
+    comparison.ratios().to_csv(out / "compare-ratios.csv", index=False)
+    comparison.summaries().to_csv(out / "compare-summary.csv", index=False)
+    pd.DataFrame([asdict(p) for p in comparison.paths]).to_csv(out / "discovery.csv", index=False)
+    pd.DataFrame([s for run in comparison.runs for s in run.samples]).to_parquet(out / "dci-queue-samples.parquet")
+    pd.DataFrame([a for run in comparison.runs for a in run.actions]).to_csv(out / "latency-actions.csv",
+                                                                            index=False)
+
+
+def run_comparisons(topo, options: nccl_tests.Options, algorithm: Algorithm, modes: list[str],
+                    distances: list[float], target_queue_ms: float | None, out) -> int:
+    """``testbed compare``: build ``topo``, compare the modes as declared, then at each of ``distances``
+    (every DCI set to that length, live); print and save everything.  Returns the count of wrong elements."""
+    from testbed.network import Testbed
+    from testbed.units import propagation_delay_ms
+
+    target_ns = None if target_queue_ms is None else round(target_queue_ms * 1e6)
+    console = report.console
+    show = (lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True))
+    with console.status("building the fabric"), Testbed(topo) as tb:
+        with console.status("probing the fabric: RTT and bottleneck rate between every pair of sites"):
+            paths = discover(tb)
+        console.print(report.discovery_table(paths))
+        comparison = compare(tb, options, modes, algorithm, target_ns, paths, print_line=show, log=show)
+        _print(comparison)
+        save(comparison, out)
+        wrong = _wrong(comparison)
+        rows = []
+        for km in distances:
+            for _, link in tb.dci_links():
+                link.set(delay_ms=propagation_delay_ms(km))
+            with console.status(f"{km:g} km: probing the fabric"):
+                paths = discover(tb)
+            console.rule(f"every DCI at {km:g} km")
+            at = compare(tb, options, modes, algorithm, target_ns, paths, print_line=show, log=show)
+            _print(at)
+            save(at, out / f"{km:g}km")
+            wrong += _wrong(at)
+            rows += [{"distance_km": km, **row} for row in at.ratios().to_dict("records")
+                     if row["size_bytes"] == at.bounds[-1]["size_bytes"]]
+    if rows:
+        frame = pd.DataFrame(rows)
+        console.print(report.frame_table("busbw (Mbit/s) against distance, largest size", frame.round(3)))
+        frame.to_csv(out / "distance-sweep.csv", index=False)
+    return wrong
+
+
+SHORT_NAMES = {"size_bytes": "size B", "bound_mbps": "bound", "completion_p50_ms": "done p50",
+               "completion_p99_ms": "done p99", "dci_queue_p50_ms": "queue p50", "dci_queue_p99_ms": "queue p99",
+               "ce_marks": "CE", "retransmitted": "retx", "timeouts": "RTOs"}
+
+
+def _print(comparison: Comparison) -> None:
+    """The two comparison tables, with column names short enough for 80 columns."""
+    def short(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame.round(2).rename(columns=lambda c: SHORT_NAMES.get(c, c.replace("_mbps", "").replace(
+            "_of_bound_pct", " %bound").replace("_x", " x")))
+    report.console.print(report.frame_table("busbw per size, Mbit/s (out of place); ratio to the first mode",
+                                            short(comparison.ratios())))
+    report.console.print(report.frame_table("per mode, largest size: completion and DCI queueing delay (ms), cost",
+                                            short(comparison.summaries().drop(columns="size_bytes").round(1))))
+
+
+def _wrong(comparison: Comparison) -> int:
+    return sum(r.wrong_elements for run in comparison.runs for r in run.results)

@@ -1,0 +1,57 @@
+"""Three sites at unequal distances (1000 / 1500 / 3000 km): every collective exact, and the fabric controller
+measures the distances and sizes the DCI thresholds by them.
+
+A module of its own: one fabric runs per process, and the two-site fixture lives until its module ends.
+"""
+
+import pytest
+from collective_checks import CHUNKED, HIERARCHICAL, PACED, wrong
+
+from controllers.discovery import discover
+from controllers.fabric_controller import FabricController
+from testbed.cli import load_topology
+from testbed.collectives import start_ranks
+from testbed.network import Testbed
+from testbed.routing import path_delay_ms
+from testbed.schedules import COLLECTIVES, Algorithm, flows
+from testbed.verify import RTT_TOLERANCE_MS, RTT_TOLERANCE_PCT
+
+pytestmark = pytest.mark.kernel
+
+
+@pytest.fixture(scope="module")
+def three_sites():
+    with Testbed(load_topology("three_sites")()) as tb:
+        yield tb
+
+
+def test_the_controller_measures_every_site_pair_and_gives_a_longer_dci_larger_thresholds(three_sites):
+    """Border-to-border probes against the configured propagation RTT; thresholds from the measured BDP."""
+    tb = three_sites
+    paths = discover(tb)
+    assert len(paths) == 6  # both directions of each of the three pairs
+    for path in paths:
+        src, dst = path.dcis[0][0], path.dcis[-1][1]
+        propagation = 2 * path_delay_ms(tb.graph, src, dst)
+        error = path.rtt_ms - propagation
+        print(f"{path.src_site}->{path.dst_site}: border RTT {path.rtt_ms:.3f} ms, propagation {propagation} ms "
+              f"({100 * error / propagation:+.1f} %), host RTT {path.host_rtt_ms:.3f}, {path.bottleneck_mbps} Mbit/s")
+        assert 0 <= error <= RTT_TOLERANCE_PCT / 100 * propagation + RTT_TOLERANCE_MS, path
+        assert 45 <= path.bottleneck_mbps <= 51, path  # the 50 Mbit/s DCIs, not the 100 Mbit/s host links
+    plan = FabricController(tb, paths, "adaptive").plan(tb.hosts(), flows("all_reduce", 6, Algorithm()))
+    short, long = plan.egresses[("westb", "eastb")], plan.egresses[("westb", "southb")]
+    print(f"1000 km: ECN {short.kmin_bytes}-{short.kmax_bytes} B, 3000 km: {long.kmin_bytes}-{long.kmax_bytes} B")
+    assert long.kmin_bytes > short.kmin_bytes and long.kmax_bytes > short.kmax_bytes
+    baseline = FabricController(tb, paths, "baseline").plan(tb.hosts(), flows("all_reduce", 6, Algorithm()))
+    assert len({(e.kmin_bytes, e.kmax_bytes) for e in baseline.egresses.values()}) == 1  # plain: one size for all
+
+
+def test_every_collective_is_exact_across_three_sites(three_sites):
+    tb = three_sites
+    with start_ranks(tb, nchannels=2, cc=PACED) as ranks:
+        for collective in COLLECTIVES:
+            for count in (1024, 1001):  # a multiple of the 6 ranks, and not
+                got = wrong(tb, ranks, collective, count, root=4, algorithm=CHUNKED)
+                assert got == [0] * 6, (collective, count, got)
+        for count in (1024, 1001):
+            assert wrong(tb, ranks, "all_reduce", count, algorithm=HIERARCHICAL) == [0] * 6, count
