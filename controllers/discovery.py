@@ -14,11 +14,11 @@ from TWAMP and capacity tests between its routers:
 Which DCI links a site pair's traffic crosses comes from the routed path (the controller knows its routes).
 """
 
-import time
 from dataclasses import dataclass
 
 import networkx as nx
 
+from testbed.link import wait_drained
 from testbed.units import IPV4_HEADER_BYTES, frame_bytes
 from testbed.verify import UDP_HEADER_BYTES, iperf_udp, ping, site_pairs
 
@@ -58,7 +58,7 @@ def probe_site_pair(tb, src_site: str, dst_site: str) -> SitePath:
     line_mbps = src_host.defaultIntf().shape.bw_mbps
     received = iperf_udp(src_host, dst_host, RATE_PROBE_LOAD * line_mbps, RATE_PROBE_S, payload)
     bottleneck = received["bits_per_second"] * frame_bytes(mtu) / payload / 1e6
-    _wait_drained(tb, hops)
+    wait_drained(tb.egress(a, b) for a, b in hops)  # the probe's backlog must not meet the next one
     return SitePath(src_site, dst_site, border_rtt, host_rtt, round(bottleneck, 3), hops)
 
 
@@ -66,12 +66,3 @@ def discover(tb) -> list[SitePath]:
     """Probe every ordered pair of sites (both directions: rates may differ)."""
     pairs = site_pairs(tb)
     return [probe_site_pair(tb, a, b) for x, y in pairs for a, b in ((x, y), (y, x))]
-
-
-def _wait_drained(tb, hops, timeout_s: float = 10.0) -> None:
-    """Wait until the probe's backlog has left every DCI egress on the path."""
-    deadline = time.monotonic() + timeout_s
-    for a, b in hops:
-        intf = tb.egress(a, b)
-        while intf.stats()["backlog_bytes"] and time.monotonic() < deadline:
-            time.sleep(0.05)

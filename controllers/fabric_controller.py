@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from controllers.adaptive import AdaptiveParams, Path, ecn_thresholds, target_queue_for
 from controllers.discovery import SitePath, dci_hops
 from controllers.latency import QueueGovernor
-from controllers.modes import MODES, Mode
+from controllers.modes import Mode, lookup
 from testbed.queue_pair import line_rate_bps
 from testbed.rocev2 import WIRE_OVERHEAD
 from testbed.transport import TransportConfig
@@ -66,9 +66,7 @@ class FabricController:
 
     def __init__(self, tb, paths: list[SitePath], mode: str, target_queue_ns: int | None = None,
                  log=print) -> None:
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r} (modes: {', '.join(MODES)})")
-        self.tb, self.mode, self.target_queue_ns, self.log = tb, MODES[mode], target_queue_ns, log
+        self.tb, self.mode, self.target_queue_ns, self.log = tb, lookup(mode), target_queue_ns, log
         self.paths = {(p.src_site, p.dst_site): p for p in paths}
         self.frame = frame_bytes(TransportConfig().mtu + WIRE_OVERHEAD)  # a full RoCE data packet on the wire
         self.samples: list[dict] = []

@@ -18,3 +18,10 @@ MODES = {
     "adaptive": Mode("adaptive", "distance-adaptive CC, BDP-derived thresholds, latency loop", "adaptive", True, True),
     "swift": Mode("swift", "Swift-style delay target across DCIs, BDP-derived thresholds", "swift", True, False),
 }
+
+
+def lookup(name: str) -> Mode:
+    """The mode called ``name``; a one-line ValueError listing the modes otherwise."""
+    if name not in MODES:
+        raise ValueError(f"unknown mode {name!r} (modes: {', '.join(MODES)})")
+    return MODES[name]

@@ -13,6 +13,7 @@ import signal
 import time
 from pathlib import Path
 
+from testbed.link import wait_drained
 from testbed.network import Testbed
 
 SNAPLEN = 256
@@ -58,8 +59,6 @@ class DciCapture:
     def _drain(self, timeout_s: float = 10.0) -> None:
         """Wait until no DCI egress holds a backlog, then for the longest one-way delay."""
         links = [link for _, link in self.tb.dci_links()]
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and any(s["backlog_packets"] for link in links for s in link.stats()):
-            time.sleep(0.02)
+        wait_drained([intf for link in links for intf in (link.intf1, link.intf2)], timeout_s, poll_s=0.02)
         longest_ms = max(link.intf1.shape.delay_ms + 4 * link.intf1.shape.jitter_ms for link in links)
         time.sleep(longest_ms / 1000 + 0.05)

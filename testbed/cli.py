@@ -297,12 +297,9 @@ def cmd_perf(args, argv: list[str]) -> int:
     options = nccl_tests.parse_args(args.collective, args.nccl, nranks=hosts)  # exits 2 with nccl-tests' usage
     algorithm = algorithm_from(args)
     out = (args.out or Path("results") / f"{args.collective}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-    _require_root()
-    reason = microvm.needed()
-    if reason is not None:
-        inner = [sys.executable, "-m", "testbed", *argv, "--topology", str(_topology_arg(args.topology)),
-                 "--out", str(out)]
-        return microvm.run(inner, rwdirs=[out], reason=reason)
+    in_vm = _rerun_in_microvm_if_needed(args, argv, out)
+    if in_vm is not None:
+        return in_vm
     from testbed.network import Testbed
     tb = Testbed(topo)
     try:
@@ -312,7 +309,24 @@ def cmd_perf(args, argv: list[str]) -> int:
     finally:
         tb.stop()
     report.console.print(f"results: {out}")
-    wrong = sum(r.wrong_elements for r in results)
+    return _exit_status(sum(r.wrong_elements for r in results))
+
+
+def _rerun_in_microvm_if_needed(args, argv: list[str], out: Path) -> int | None:
+    """For the commands that take ``--topology``: root is required; where this kernel cannot emulate links,
+    re-run the same command line in a microVM (topology path absolute, results in ``out``) and return its
+    exit status; None when the command should go on here."""
+    _require_root()
+    reason = microvm.needed()
+    if reason is None:
+        return None
+    inner = [sys.executable, "-m", "testbed", *argv, "--topology", str(_topology_arg(args.topology)),
+             "--out", str(out)]
+    return microvm.run(inner, rwdirs=[out], reason=reason)
+
+
+def _exit_status(wrong: int) -> int:
+    """1 (and one line) if any collective result was wrong, else 0."""
     if wrong:
         print(f"testbed: {wrong} wrong elements (see #wrong above)", file=sys.stderr)
     return 1 if wrong else 0
@@ -351,20 +365,15 @@ def cmd_compare(args, argv: list[str]) -> int:
     if args.target_queue_ms is not None and args.target_queue_ms <= 0:
         raise UsageError(f"--target-queue-ms {args.target_queue_ms} must be > 0")
     out = (args.out or Path("results") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-    _require_root()
-    reason = microvm.needed()
-    if reason is not None:
-        inner = [sys.executable, "-m", "testbed", *argv, "--topology", str(_topology_arg(args.topology)),
-                 "--out", str(out)]
-        return microvm.run(inner, rwdirs=[out], reason=reason)
+    in_vm = _rerun_in_microvm_if_needed(args, argv, out)
+    if in_vm is not None:
+        return in_vm
     from testbed.compare import run_comparisons
-    report.console.print("scenario: " + ", ".join(f"{k}={v:g}" for k, v in {**scenario, **params}.items()
-                                                  if isinstance(v, (int, float))) or "topology defaults")
+    given = ", ".join(f"{k}={v:g}" for k, v in {**scenario, **params}.items() if isinstance(v, (int, float)))
+    report.console.print(f"scenario: {given or 'topology defaults'}")
     wrong = run_comparisons(topo, options, algorithm, modes, distances, args.target_queue_ms, out)
     report.console.print(f"results: {out}")
-    if wrong:
-        print(f"testbed: {wrong} wrong elements (see #wrong above)", file=sys.stderr)
-    return 1 if wrong else 0
+    return _exit_status(wrong)
 
 
 def _modes(spec: str) -> list[str]:

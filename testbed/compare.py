@@ -23,7 +23,7 @@ import pandas as pd
 
 from controllers.discovery import SitePath, discover
 from controllers.fabric_controller import FabricController
-from controllers.modes import MODES
+from controllers.modes import lookup
 from testbed import nccl_tests, report
 from testbed.bounds import rank_sites
 from testbed.collectives import bounds_beside, start_ranks, sweep
@@ -70,8 +70,7 @@ def compare(tb, options: nccl_tests.Options, modes: list[str], algorithm: Algori
             print_line: Callable[[str], None] = print, log: Callable[[str], None] = print) -> Comparison:
     """Run ``options``' sweep under each of ``modes`` on ``tb`` (probing the fabric first unless ``paths``)."""
     for mode in modes:
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r} (modes: {', '.join(MODES)})")
+        lookup(mode)  # before the probes: a typo should not cost a discovery
     paths = paths if paths is not None else discover(tb)
     runs = [run_mode(tb, options, mode, algorithm, paths, target_queue_ns, print_line, log) for mode in modes]
     return Comparison(paths, runs, bounds_beside(tb, options, algorithm, runs[0].results))
@@ -84,7 +83,7 @@ def run_mode(tb, options: nccl_tests.Options, mode: str, algorithm: Algorithm, p
     sites = rank_sites(tb.topo, [h.name for h in hosts]) if algorithm.hierarchical else None
     controller = FabricController(tb, paths, mode, target_queue_ns, log)
     plan = controller.plan(hosts, flows(options.collective, len(hosts), algorithm, sites=sites))
-    log(f"mode {mode}: {MODES[mode].description}")
+    log(f"mode {mode}: {controller.mode.description}")
     controller.configure_switches(plan)
     before = _dci_counters(tb, plan)
     calls = []

@@ -6,6 +6,7 @@ give each ``addLink`` a ``config=LinkConfig(...)``; both interfaces then get the
 to zero (``link.set(loss_pct=0)``) and its counters read back as plain data (``link.stats()``).
 """
 
+import time
 from dataclasses import replace
 
 from mininet.link import Intf, Link
@@ -80,3 +81,16 @@ class ShapedLink(Link):
         """Per direction: which node sends, and the counters of its egress tree."""
         return [{"from": i.node.name, "to": o.node.name, **i.stats()}
                 for i, o in ((self.intf1, self.intf2), (self.intf2, self.intf1))]
+
+
+def wait_drained(intfs, timeout_s: float = 10.0, poll_s: float = 0.05) -> bool:
+    """Wait until none of the shaped interfaces ``intfs`` holds a backlog (True) or ``timeout_s`` passes (False):
+    what an earlier transfer left queued must not count towards the next measurement."""
+    intfs = list(intfs)
+    deadline = time.monotonic() + timeout_s
+    while any(intf.stats()["backlog_bytes"] for intf in intfs):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll_s)
+    return True
+

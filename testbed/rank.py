@@ -117,13 +117,13 @@ class RankLinks:
             for sender in _of_peer(self.senders, peer):
                 sender.max_rate_bps = cap
 
-    def poll_control(self) -> None:
+    def poll_control(self, now: bool = False) -> None:
         """Apply what the controller pushed, looking at most every CONTROL_POLL_NS (a syscall per packet
-        would cost more than the control loop needs)."""
-        now = time.monotonic_ns()
-        if self.control is None or now < self._next_poll_ns:
+        would cost more than the control loop needs) unless ``now``."""
+        clock = time.monotonic_ns()
+        if self.control is None or (clock < self._next_poll_ns and not now):
             return
-        self._next_poll_ns = now + CONTROL_POLL_NS
+        self._next_poll_ns = clock + CONTROL_POLL_NS
         for message in self.control.poll():
             self.apply(message)
 
@@ -217,8 +217,7 @@ def next_command(links: RankLinks) -> dict | None:
     finishing may need this rank to acknowledge a retransmitted chunk.  Control messages pushed before the
     command are applied before it runs (the controller pushes them first)."""
     run([links.nic], lambda: bool(select.select([sys.stdin], [], [], 0)[0]), timeout_s=IDLE_TIMEOUT_S)
-    for message in links.control.poll() if links.control else ():
-        links.apply(message)
+    links.poll_control(now=True)
     line = sys.stdin.readline()
     return json.loads(line) if line else None
 

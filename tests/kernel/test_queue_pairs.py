@@ -16,6 +16,7 @@ import pytest
 from controllers.dcqcn import Dcqcn, DcqcnParams
 from controllers.fixed_rate import FixedRate
 from testbed.capture import DciCapture
+from testbed.link import wait_drained
 from testbed.nic import run
 from testbed.queue_pair import connect, exchange, line_rate_bps
 from testbed.rocev2 import data_capacity
@@ -136,9 +137,7 @@ def dci_queue_during(tb, qp, seconds: float) -> tuple[list[int], dict]:
     Returns the samples and what RED counted meanwhile.
     """
     egress = tb.egress("westb", "eastb")
-    deadline = time.monotonic() + 10
-    while egress.stats()["backlog_bytes"] and time.monotonic() < deadline:
-        time.sleep(0.05)  # what an earlier flow left queued must not count as this one's
+    wait_drained([egress])  # what an earlier flow left queued must not count as this one's
     before, samples, next_sample = egress.stats(), [], 0.0
 
     def sample() -> bool:
