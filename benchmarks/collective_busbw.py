@@ -11,9 +11,7 @@ table as CSV beside the plot.  Where the kernel cannot emulate links it runs its
 """
 
 import argparse
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -39,7 +37,6 @@ def measure(distance_km: float, options: nccl_tests.Options, algorithm: Algorith
 
 def plot(frame: pd.DataFrame, path: Path, title: str) -> None:
     """busbw against size, a solid line per distance and its bound dashed in the same colour."""
-    os.environ.setdefault("MPLCONFIGDIR", tempfile.mkdtemp(prefix="matplotlib-"))  # the VM's root is read-only
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

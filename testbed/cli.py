@@ -19,15 +19,19 @@ from pathlib import Path
 import pandas as pd
 
 from testbed import cleanup, kernel, microvm, nccl_tests, report
+from testbed.capture import DEFAULT_MAX_MB, HEADERS_SNAPLEN, RING_FILES
 from testbed.fabric import DciLink, TopologyError
 from controllers.modes import MODES
+from testbed.observe import Observe
 from testbed.schedules import COLLECTIVES, Algorithm
+from testbed.telemetry import SCOPES
 from testbed.topo import FabricTopo
 
 TOPOLOGY_DIR = Path(__file__).resolve().parent.parent / "topologies"
 DEFAULT_TOPOLOGY = "two_sites"
 RUN_SWEEP = "-b 64K -e 1M -f 4 -n 3 -w 1"  # about a minute under TCG emulation
 COMPARE_SWEEP = "-b 1M -e 4M -f 4 -n 1 -w 0"
+MIN_SNAPLEN = 74  # Ethernet, IPv4, UDP, BTH and the transport header with its send timestamp
 # the comparison's scenario unless given: rates at which the ranks' Python transport keeps up under TCG
 # (about 2000 packets/s per vCPU), so the network, not the emulator's CPU, limits both modes
 COMPARE_SCENARIO = {"hosts": 2, "host_bw_mbps": 20.0, "dci_bw_mbps": 10.0}
@@ -56,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, TopologyError) as error:
         print(f"testbed: error: {error}", file=sys.stderr)
         return 2
-    except microvm.MicroVmError as error:
+    except (microvm.MicroVmError, report.ReportError) as error:
         print(f"testbed: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -81,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"a name from topologies/ or a path to a topology script (default {DEFAULT_TOPOLOGY})")
     add_topology_options(perf)
     add_algorithm_options(perf)
+    add_observe_options(perf)
     perf.set_defaults(handler=cmd_perf)
     compare = commands.add_parser(
         "compare", help="the same sweep under baseline and adaptive control, side by side",
@@ -94,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"a name from topologies/ or a path to a topology script (default {DEFAULT_TOPOLOGY})")
     add_topology_options(compare)
     add_algorithm_options(compare)
+    add_observe_options(compare)
     compare.add_argument("--modes", default="baseline,adaptive",
                          help=f"comma-separated, the first is the reference (from: {', '.join(MODES)})")
     compare.add_argument("--distances", metavar="KM,KM,...",
@@ -101,6 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--target-queue-ms", type=float,
                          help="DCI queueing delay the adaptive modes aim at (default max(RTT/20, 2 frames))")
     compare.set_defaults(handler=cmd_compare)
+    analyze = commands.add_parser(
+        "analyze", help="derive per-flow throughput, CE, CNPs, retransmissions and delay from a run's captures",
+        description="Reads RESULTS_DIR/capture (a run with --capture), cross-checks it against the run's "
+                    "telemetry, writes RESULTS_DIR/analysis and refreshes the report.  Needs no root.")
+    analyze.add_argument("results_dir", type=Path, metavar="RESULTS_DIR")
+    analyze.add_argument("--bin-ms", type=float, default=100.0,
+                         help="time bin of the throughput and event series (default 100)")
+    analyze.set_defaults(handler=cmd_analyze)
     clean = commands.add_parser("clean", help="remove what crashed or killed runs left behind")
     clean.set_defaults(handler=cmd_clean)
     doctor = commands.add_parser("doctor", help="show what the kernel supports and which path runs use")
@@ -120,11 +134,51 @@ def add_topology_options(parser: argparse.ArgumentParser) -> None:
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
     add_topology_options(parser)
+    add_observe_options(parser)
     parser.add_argument("--cli", action="store_true", help="open Mininet's CLI after the checks")
-    parser.add_argument("--capture", action="store_true", help="write pcaps of every DCI link to the results")
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each rate check (default 5)")
     parser.add_argument("--sweep", default=RUN_SWEEP, metavar="NCCL-TESTS-ARGS",
                         help=f"the cross-site all_reduce sweep after the checks (default {RUN_SWEEP!r}; '' skips it)")
+
+
+def add_observe_options(parser: argparse.ArgumentParser) -> None:
+    obs = parser.add_argument_group("telemetry and packet captures (see testbed analyze)")
+    obs.add_argument("--telemetry-ms", type=float, default=Observe.interval_s * 1e3, metavar="MS",
+                     help=f"sampling interval of queues, links and flows (default {Observe.interval_s * 1e3:g})")
+    obs.add_argument("--telemetry-scope", choices=SCOPES, default=Observe.scope,
+                     help="queues sampled: the border routers' (dci, default) or every node's (all)")
+    obs.add_argument("--capture", action="store_true",
+                     help="record pcaps of --capture-links (headers only, ring-rotated) in RESULTS/capture")
+    obs.add_argument("--capture-links", default="dci", metavar="dci|A-B,C-D",
+                     help="the links to capture: every DCI link (default) or node pairs, e.g. westb-eastb,wests1-westb")
+    obs.add_argument("--snaplen", type=int, default=HEADERS_SNAPLEN,
+                     help=f"bytes kept per packet (default {HEADERS_SNAPLEN}: headers only; 0 keeps whole packets)")
+    obs.add_argument("--capture-max-mb", type=int, default=DEFAULT_MAX_MB,
+                     help=f"disk the capture may use at most, as a ring of {RING_FILES} files per link "
+                          f"(default {DEFAULT_MAX_MB})")
+
+
+def observe_from(args, topo: FabricTopo) -> Observe:
+    """The --telemetry/--capture options checked against the topology before anything is built."""
+    if not args.telemetry_ms > 0:
+        raise UsageError(f"--telemetry-ms {args.telemetry_ms:g} must be > 0")
+    if args.snaplen != 0 and args.snaplen < MIN_SNAPLEN:
+        raise UsageError(f"--snaplen {args.snaplen} cuts the RoCE headers: use at least {MIN_SNAPLEN}, "
+                         "or 0 for whole packets")
+    links = None if args.capture_links == "dci" else tuple(_link_pair(topo, p) for p in args.capture_links.split(","))
+    if args.capture_max_mb < RING_FILES * len(links or topo.dci_link_names()):
+        raise UsageError(f"--capture-max-mb {args.capture_max_mb} leaves less than 1 MB per ring file "
+                         f"({RING_FILES} files per captured link)")
+    return Observe(args.telemetry_ms / 1e3, args.telemetry_scope, args.capture, links, args.snaplen,
+                   args.capture_max_mb)
+
+
+def _link_pair(topo: FabricTopo, spec: str) -> tuple[str, str]:
+    a, sep, b = spec.strip().partition("-")
+    if not sep or (a, b) not in {*topo.links(), *((y, x) for x, y in topo.links())}:
+        raise UsageError(f"--capture-links: {spec.strip()!r} is not a link of the topology "
+                         "(give node pairs like westb-eastb, or dci)")
+    return a, b
 
 
 def add_algorithm_options(parser: argparse.ArgumentParser) -> None:
@@ -156,12 +210,14 @@ def cmd_run(args, argv: list[str]) -> int:
     topo = topo_cls(**topology_params(args, topo_cls))  # validates the whole fabric, builds nothing
     if args.seconds <= 0:
         raise UsageError(f"--seconds {args.seconds} must be > 0")
+    args.observe = observe_from(args, topo)
     hosts = len(topo.nodes_with(role="host"))
     args.sweep_options = nccl_tests.parse_args("all_reduce", args.sweep.split(), nranks=hosts) if args.sweep else None
     out = (args.out or Path("results") / f"{Path(args.topology).stem}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     _require_root()
     reason = microvm.needed()
     if reason is None:
+        args.argv = argv
         return run_checks(topo, args, out)
     if args.cli:  # the VM's console does not carry a terminal's input through to Mininet's CLI
         raise UsageError(f"--cli needs a kernel that emulates links itself ({reason}): use a full kernel, "
@@ -173,8 +229,8 @@ def cmd_run(args, argv: list[str]) -> int:
 
 def run_checks(topo: FabricTopo, args, out: Path) -> int:
     """Build ``topo``, measure it, print and save the results, optionally open the CLI, tear down."""
-    from testbed.capture import DciCapture
     from testbed.network import Testbed
+    from testbed.observe import observing
     from testbed.verify import verify
 
     started = time.monotonic()
@@ -182,22 +238,24 @@ def run_checks(topo: FabricTopo, args, out: Path) -> int:
         built_s = time.monotonic() - started
         report.console.print(f"built {len(topo.nodes())} nodes and {len(topo.links())} shaped links "
                              f"in {built_s:.1f} s")
-        with report.console.status("measuring RTTs and DCI rates"):
-            if args.capture:
-                with DciCapture(tb, out / "capture"):
-                    results = verify(tb, args.seconds)
-            else:
+        sweep, lines = [], []
+        with observing(tb, out, args.observe, Algorithm().nchannels) as telemetry:
+            telemetry.mode = "checks"
+            with report.console.status("measuring RTTs and DCI rates"):
                 results = verify(tb, args.seconds)
-        report.console.print(report.rtt_table(results["rtt"]))
-        report.console.print(report.rate_table(results["dci_rate"]))
-        if args.sweep_options:
-            sweep = run_sweep(tb, args.sweep_options, Algorithm(), out)
-            results["all_reduce_check"] = [{"size_bytes": r.size_bytes, "wrong": r.wrong_elements,
-                                            "ok": r.wrong_elements == 0} for r in sweep]
+            report.console.print(report.rtt_table(results["rtt"]))
+            report.console.print(report.rate_table(results["dci_rate"]))
+            if args.sweep_options:
+                telemetry.mode = "all_reduce"
+                sweep, lines = run_sweep(tb, args.sweep_options, Algorithm(), out, telemetry)
+                results["all_reduce_check"] = [{"size_bytes": r.size_bytes, "wrong": r.wrong_elements,
+                                                "ok": r.wrong_elements == 0} for r in sweep]
         params = {"topology": args.topology, "build_s": round(built_s, 2), "in_microvm": microvm.inside(),
                   **topology_params(args, type(topo))}
         report.save(out, params, results)
-        report.console.print(f"results: {out}")
+        tables = [f"{name}.csv" for name in results] + (["all_reduce-bound.csv"] if sweep else [])
+        frame = nccl_tests.to_frame(sweep).assign(mode="") if sweep else None
+        write_report(out, f"testbed run {args.topology}", args.argv, params, lines, frame, tables)
         if args.cli:
             from mininet.cli import CLI
 
@@ -296,19 +354,26 @@ def cmd_perf(args, argv: list[str]) -> int:
     hosts = len(topo.nodes_with(role="host"))
     options = nccl_tests.parse_args(args.collective, args.nccl, nranks=hosts)  # exits 2 with nccl-tests' usage
     algorithm = algorithm_from(args)
+    observe = observe_from(args, topo)
     out = (args.out or Path("results") / f"{args.collective}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     in_vm = _rerun_in_microvm_if_needed(args, argv, out)
     if in_vm is not None:
         return in_vm
     from testbed.network import Testbed
+    from testbed.observe import observing
     tb = Testbed(topo)
     try:
         with report.console.status("building the fabric"):
             tb.start()
-        results = run_sweep(tb, options, algorithm, out)
+        with observing(tb, out, observe, algorithm.nchannels) as telemetry:
+            results, lines = run_sweep(tb, options, algorithm, out, telemetry)
     finally:
         tb.stop()
-    report.console.print(f"results: {out}")
+    params = {"topology": args.topology, "collective": args.collective, "nccl_tests": " ".join(args.nccl),
+              "channels": algorithm.nchannels, "chunk_bytes": algorithm.chunk_bytes,
+              "hierarchical": algorithm.hierarchical, **topology_params(args, topo_cls)}
+    write_report(out, f"{args.collective} across sites", argv, params, lines,
+                 nccl_tests.to_frame(results).assign(mode=""), [f"{args.collective}-bound.csv"])
     return _exit_status(sum(r.wrong_elements for r in results))
 
 
@@ -332,21 +397,40 @@ def _exit_status(wrong: int) -> int:
     return 1 if wrong else 0
 
 
-def run_sweep(tb, options, algorithm: Algorithm, out: Path) -> list:
-    """Run the collective sweep on ``tb``, printing nccl-tests' lines as they come; save CSV and Parquet."""
+def run_sweep(tb, options, algorithm: Algorithm, out: Path, telemetry) -> tuple[list, list[str]]:
+    """Run the collective sweep on ``tb`` under the live view, printing nccl-tests' lines as they come; save
+    CSV and Parquet.  Returns the results and the printed lines."""
     from testbed.collectives import bounds_beside, perf
+    from testbed.live import LiveView
 
-    with report.console.status(f"{options.collective}: starting a rank on every host") as status:
-        def show(line: str) -> None:
-            report.console.print(line, markup=False, highlight=False, soft_wrap=True)
-            status.update(f"{options.collective}: measuring the next size")
-        results = perf(tb, options, algorithm, print_line=show)
-        status.update("computing the bounds")
-        bounds = bounds_beside(tb, options, algorithm, results)
+    lines = []
+    measurements = 2 * options.measurements(len(tb.hosts()))
+    with LiveView(report.console, telemetry, measurements, options.collective) as live:
+        def answered(call: dict, answers: list[dict]) -> None:
+            telemetry.on_answers(call, answers)
+            live.advance()
+        results = perf(tb, options, algorithm, print_line=_printer(lines), telemetry_s=telemetry.interval_s,
+                       on_answers=answered)
+    bounds = bounds_beside(tb, options, algorithm, results)
     report.console.print(report.bound_table(options.collective, bounds))
     nccl_tests.save(nccl_tests.to_frame(results), out, options.collective)
     pd.DataFrame(bounds).to_csv(out / f"{options.collective}-bound.csv", index=False)
-    return results
+    return results, lines
+
+
+def _printer(lines: list[str]):
+    """A print_line for nccl-tests' output: to the console as is, and kept for the report."""
+    def show(line: str) -> None:
+        lines.append(line)
+        report.console.print(line, markup=False, highlight=False, soft_wrap=True)
+    return show
+
+
+def write_report(out: Path, title: str, argv: list[str], params: dict, lines: list[str], results, tables) -> None:
+    """The results directory's HTML report (``testbed.html_report``), its path printed last."""
+    report.save_page(out, title, " ".join(["testbed", *argv]), params, lines, results, tables)
+    report.console.print(f"results: {out}")
+    report.console.print(f"report: {report.render(out)}")
 
 
 # -- compare -----------------------------------------------------------------------------------------------
@@ -364,6 +448,7 @@ def cmd_compare(args, argv: list[str]) -> int:
     distances = _distances(args.distances)
     if args.target_queue_ms is not None and args.target_queue_ms <= 0:
         raise UsageError(f"--target-queue-ms {args.target_queue_ms} must be > 0")
+    observe = observe_from(args, topo)
     out = (args.out or Path("results") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     in_vm = _rerun_in_microvm_if_needed(args, argv, out)
     if in_vm is not None:
@@ -371,9 +456,14 @@ def cmd_compare(args, argv: list[str]) -> int:
     from testbed.compare import run_comparisons
     given = ", ".join(f"{k}={v:g}" for k, v in {**scenario, **params}.items() if isinstance(v, (int, float)))
     report.console.print(f"scenario: {given or 'topology defaults'}")
-    wrong = run_comparisons(topo, options, algorithm, modes, distances, args.target_queue_ms, out)
-    report.console.print(f"results: {out}")
-    return _exit_status(wrong)
+    run = run_comparisons(topo, options, algorithm, modes, distances, args.target_queue_ms, out, observe)
+    run_params = {"topology": args.topology, "collective": args.collective,
+                  "nccl_tests": " ".join(args.nccl or COMPARE_SWEEP.split()), "modes": ",".join(modes),
+                  "distances_km": args.distances or "", "target_queue_ms": args.target_queue_ms or "derived",
+                  "channels": algorithm.nchannels, "chunk_bytes": algorithm.chunk_bytes, **scenario, **params}
+    write_report(out, f"{' vs '.join(modes)}: {args.collective} across sites", argv, run_params, run.lines,
+                 run.results, run.tables)
+    return _exit_status(run.wrong)
 
 
 def _modes(spec: str) -> list[str]:
@@ -395,6 +485,47 @@ def _distances(spec: str | None) -> list[float]:
     if any(not (v > 0) for v in values):
         raise UsageError(f"--distances {spec!r}: every distance must be > 0 km")
     return values
+
+
+# -- analyze -----------------------------------------------------------------------------------------------
+
+def cmd_analyze(args, argv) -> int:
+    from testbed import analysis
+
+    if not args.bin_ms > 0:
+        raise UsageError(f"--bin-ms {args.bin_ms:g} must be > 0")
+    if not args.results_dir.is_dir():
+        raise UsageError(f"results directory {args.results_dir} does not exist")
+    try:
+        with report.console.status("reading the captures"):
+            result = analysis.analyze(args.results_dir, bin_s=args.bin_ms / 1e3)
+    except analysis.AnalysisError as error:
+        raise UsageError(str(error)) from None
+    telemetry = {name: _parquet_or_none(args.results_dir / "telemetry" / f"{name}.parquet")
+                 for name in ("flows", "queues")}
+    check = analysis.cross_check(result, telemetry["flows"], telemetry["queues"])
+    analysis.save(result, check, args.results_dir / "analysis")
+    report.console.print(report.frame_table("flows in the capture", _capture_summary(result.flows)))
+    lines = analysis.disagreements(check)
+    for line in lines:
+        report.console.print(line, markup=False, highlight=False, soft_wrap=True)
+    report.console.print(f"{len(lines)} of {len(check)} cross-checks of the capture against the run's telemetry "
+                         "disagree" if lines else f"the capture agrees with the run's telemetry ({len(check)} checks)")
+    report.console.print(f"analysis: {args.results_dir.resolve() / 'analysis'}")
+    report.console.print(f"report: {report.render(args.results_dir.resolve())}")
+    return 0
+
+
+def _parquet_or_none(path: Path) -> pd.DataFrame | None:
+    return pd.read_parquet(path) if path.exists() else None
+
+
+def _capture_summary(flows: pd.DataFrame) -> pd.DataFrame:
+    """The per-flow columns that fit a terminal."""
+    columns = {"src": "src", "dst": "dst", "dqpn": "qp", "data_packets": "packets", "mbps": "Mbit/s",
+               "ce_fraction": "CE frac", "cnps": "CNPs", "retransmitted": "retx", "owd_p50_ms": "owd p50",
+               "owd_p99_ms": "owd p99"}
+    return flows[[c for c in columns if c in flows]].rename(columns=columns).round(3)
 
 
 # -- clean and doctor --------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ element with the expected one.  The rank processes start once per sweep and serv
 
 import json
 import subprocess
+from concurrent.futures import ThreadPoolExecutor, as_completed
 import sys
 from collections.abc import Callable
 
@@ -52,13 +53,21 @@ class Ranks:
         return self._answers()
 
     def _answers(self) -> list[dict]:
-        answers = []
-        for rank, proc in enumerate(self.procs):
-            line = proc.stdout.readline()
-            if not line:
-                raise RankError(f"rank {rank} on {self.hosts[rank].name} failed: {self._last_words(proc)}")
-            answers.append(json.loads(line))
-        return answers
+        """One line from every rank, read all at once: an answer carrying telemetry rows can exceed a pipe's
+        buffer, and a rank blocked writing it serves no ACKs, which a peer still finishing may need."""
+        pool = ThreadPoolExecutor(len(self.procs))
+        try:
+            futures = {pool.submit(proc.stdout.readline): rank for rank, proc in enumerate(self.procs)}
+            lines = {}
+            for future in as_completed(futures):
+                rank = futures[future]
+                if not future.result():  # the first rank to fail ends the job (close() kills the others)
+                    raise RankError(f"rank {rank} on {self.hosts[rank].name} failed: "
+                                    f"{self._last_words(self.procs[rank])}")
+                lines[rank] = future.result()
+        finally:
+            pool.shutdown(wait=False)
+        return [json.loads(lines[rank]) for rank in range(len(self.procs))]
 
     @staticmethod
     def _last_words(proc) -> str:
@@ -85,14 +94,16 @@ class Ranks:
         self.close()
 
 
-def start_ranks(tb, nchannels: int = 1, cc: dict | None = None, control: str | None = None) -> Ranks:
+def start_ranks(tb, nchannels: int = 1, cc: dict | None = None, control: str | None = None,
+                telemetry_s: float = 0.0) -> Ranks:
     """A rank on every GPU host of ``tb`` (rank i = host i), with ``nchannels`` queue pairs to every peer
     each way and ``cc`` as congestion control (DCQCN at the hosts' line rate unless it names another); with
-    ``control`` (a ``ControlServer``'s path) each rank also connects to the fabric controller."""
+    ``control`` (a ``ControlServer``'s path) each rank also connects to the fabric controller; with
+    ``telemetry_s`` each samples its flows that often and answers with the rows (``testbed.flow_samples``)."""
     hosts = tb.hosts()
     cc = cc or {"kind": "dcqcn", "line_rate_bps": line_rate_bps(hosts[0])}
     return Ranks(hosts, {"addresses": [host.IP() for host in hosts], "nchannels": nchannels, "cc": cc,
-                         "control": control})
+                         "control": control, "telemetry_ns": round(telemetry_s * 1e9)})
 
 
 def command(tb, collective: str, count: int, *, dtype: str = "float", op: str = "sum", root: int = 0,
@@ -103,15 +114,17 @@ def command(tb, collective: str, count: int, *, dtype: str = "float", op: str = 
     return {"collective": collective, "count": count, "dtype": numpy_dtype.name,
             "op": "sum" if op == nccl_tests.NO_OP else op, "root": max(root, 0),
             "nchannels": algorithm.nchannels, "chunk_elems": max(1, algorithm.chunk_bytes // numpy_dtype.itemsize),
-            "sites": rank_sites(tb.topo, [h.name for h in tb.hosts()]) if algorithm.hierarchical else None, "in_place": in_place,
+            "sites": rank_sites(tb.topo, [h.name for h in tb.hosts()]) if algorithm.hierarchical else None,
+            "in_place": in_place,
             "warmup": warmup, "iters": iters, "check": check, "seed": seed}
 
 
 def perf(tb, options: nccl_tests.Options, algorithm: Algorithm = Algorithm(), cc: dict | None = None,
-         print_line: Callable[[str], None] = print) -> list[nccl_tests.Result]:
+         print_line: Callable[[str], None] = print, telemetry_s: float = 0.0,
+         on_answers: Callable[[dict, list[dict]], None] | None = None) -> list[nccl_tests.Result]:
     """Start a rank on every GPU host of ``tb`` and run the sweep ``options`` describes (see ``sweep``)."""
-    with start_ranks(tb, algorithm.nchannels, cc) as ranks:
-        return sweep(tb, ranks, options, algorithm, print_line)
+    with start_ranks(tb, algorithm.nchannels, cc, telemetry_s=telemetry_s) as ranks:
+        return sweep(tb, ranks, options, algorithm, print_line, on_answers)
 
 
 def sweep(tb, ranks: Ranks, options: nccl_tests.Options, algorithm: Algorithm = Algorithm(),

@@ -29,6 +29,7 @@ from testbed.bounds import rank_sites
 from testbed.collectives import bounds_beside, start_ranks, sweep
 from testbed.control_channel import ControlServer
 from testbed.schedules import Algorithm, flows
+from testbed.units import propagation_delay_ms
 
 
 @dataclass
@@ -67,17 +68,27 @@ class Comparison:
 
 def compare(tb, options: nccl_tests.Options, modes: list[str], algorithm: Algorithm = Algorithm(),
             target_queue_ns: int | None = None, paths: list[SitePath] | None = None,
-            print_line: Callable[[str], None] = print, log: Callable[[str], None] = print) -> Comparison:
-    """Run ``options``' sweep under each of ``modes`` on ``tb`` (probing the fabric first unless ``paths``)."""
+            print_line: Callable[[str], None] = print, log: Callable[[str], None] = print,
+            telemetry=None, tag: str = "", on_answers: Callable[[dict, list[dict]], None] | None = None
+            ) -> Comparison:
+    """Run ``options``' sweep under each of ``modes`` on ``tb`` (probing the fabric first unless ``paths``).
+    With ``telemetry`` (``testbed.telemetry``) the ranks sample their flows and every row is labelled with
+    the mode (plus ``tag``, e.g. "@100km"); ``on_answers`` sees every measurement's answers as well."""
     for mode in modes:
         lookup(mode)  # before the probes: a typo should not cost a discovery
     paths = paths if paths is not None else discover(tb)
-    runs = [run_mode(tb, options, mode, algorithm, paths, target_queue_ns, print_line, log) for mode in modes]
+    runs = []
+    for mode in modes:
+        print_line(f"# mode: {mode}{tag}")
+        if telemetry is not None:
+            telemetry.mode = f"{mode}{tag}"
+        runs.append(run_mode(tb, options, mode, algorithm, paths, target_queue_ns, print_line, log,
+                             telemetry, on_answers))
     return Comparison(paths, runs, bounds_beside(tb, options, algorithm, runs[0].results))
 
 
 def run_mode(tb, options: nccl_tests.Options, mode: str, algorithm: Algorithm, paths: list[SitePath],
-             target_queue_ns: int | None, print_line, log) -> ModeRun:
+             target_queue_ns: int | None, print_line, log, telemetry=None, on_answers=None) -> ModeRun:
     """One mode: plan, configure switches, start ranks wired to the controller, sweep while sampling."""
     hosts = tb.hosts()
     sites = rank_sites(tb.topo, [h.name for h in hosts]) if algorithm.hierarchical else None
@@ -87,12 +98,20 @@ def run_mode(tb, options: nccl_tests.Options, mode: str, algorithm: Algorithm, p
     controller.configure_switches(plan)
     before = _dci_counters(tb, plan)
     calls = []
-    with ControlServer() as server, start_ranks(tb, algorithm.nchannels, control=server.path) as ranks:
+
+    def answered(call: dict, answers: list[dict]) -> None:
+        calls.append(_call_row(mode, call, answers))
+        for observer in (telemetry.on_answers if telemetry else None, on_answers):
+            if observer:
+                observer(call, answers)
+
+    telemetry_s = telemetry.interval_s if telemetry else 0.0
+    with ControlServer() as server, start_ranks(tb, algorithm.nchannels, control=server.path,
+                                                telemetry_s=telemetry_s) as ranks:
         server.accept(len(hosts))
         controller.configure_senders(plan, server)
         with controller.governing(plan, server):
-            results = sweep(tb, ranks, options, algorithm, print_line,
-                            on_answers=lambda call, answers: calls.append(_call_row(mode, call, answers)))
+            results = sweep(tb, ranks, options, algorithm, print_line, on_answers=answered)
     after = _dci_counters(tb, plan)
     summary = _summary(mode, calls, controller.samples, {k: after[k] - before[k] for k in after})
     return ModeRun(mode, results, summary, controller.samples, controller.actions, calls)
@@ -127,10 +146,7 @@ def _summary(mode: str, calls: list[dict], samples: list[dict], dci: dict) -> di
 def save(comparison: Comparison, out) -> None:
     """CSV (and Parquet for the long tables) in ``out``: results per mode, ratios, summaries, paths, samples."""
     out.mkdir(parents=True, exist_ok=True)
-    frames = []
-    for run in comparison.runs:
-        frames.append(nccl_tests.to_frame(run.results).assign(mode=run.mode))
-    nccl_tests.save(pd.concat(frames, ignore_index=True), out, "compare-results")
+    nccl_tests.save(_results(comparison, ""), out, "compare-results")
     comparison.ratios().to_csv(out / "compare-ratios.csv", index=False)
     comparison.summaries().to_csv(out / "compare-summary.csv", index=False)
     pd.DataFrame([asdict(p) for p in comparison.paths]).to_csv(out / "discovery.csv", index=False)
@@ -139,42 +155,76 @@ def save(comparison: Comparison, out) -> None:
                                                                             index=False)
 
 
+@dataclass
+class ComparisonRun:
+    """What ``testbed compare`` leaves for its report: wrong elements, printed lines, results, CSV tables."""
+
+    wrong: int
+    lines: list[str]
+    results: pd.DataFrame
+    tables: list[str]
+
+
 def run_comparisons(topo, options: nccl_tests.Options, algorithm: Algorithm, modes: list[str],
-                    distances: list[float], target_queue_ms: float | None, out) -> int:
+                    distances: list[float], target_queue_ms: float | None, out, observe) -> ComparisonRun:
     """``testbed compare``: build ``topo``, compare the modes as declared, then at each of ``distances``
-    (every DCI set to that length, live); print and save everything.  Returns the count of wrong elements."""
+    (every DCI set to that length, live); print and save everything, observed as ``observe`` says."""
+    from testbed.live import LiveView
     from testbed.network import Testbed
-    from testbed.units import propagation_delay_ms
+    from testbed.observe import observing
 
     target_ns = None if target_queue_ms is None else round(target_queue_ms * 1e6)
-    console = report.console
-    show = (lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True))
+    console, lines, frames = report.console, [], []
+
+    def show(line: str) -> None:
+        lines.append(line)
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    def log(line: str) -> None:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    total = 2 * options.measurements(len(topo.nodes_with(role="host"))) * len(modes) * (1 + len(distances))
     with console.status("building the fabric"), Testbed(topo) as tb:
         with console.status("probing the fabric: RTT and bottleneck rate between every pair of sites"):
             paths = discover(tb)
         console.print(report.discovery_table(paths))
-        comparison = compare(tb, options, modes, algorithm, target_ns, paths, print_line=show, log=show)
-        _print(comparison)
-        save(comparison, out)
-        wrong = _wrong(comparison)
-        rows = []
-        for km in distances:
-            for _, link in tb.dci_links():
-                link.set(delay_ms=propagation_delay_ms(km))
-            with console.status(f"{km:g} km: probing the fabric"):
-                paths = discover(tb)
-            console.rule(f"every DCI at {km:g} km")
-            at = compare(tb, options, modes, algorithm, target_ns, paths, print_line=show, log=show)
-            _print(at)
-            save(at, out / f"{km:g}km")
-            wrong += _wrong(at)
-            rows += [{"distance_km": km, **row} for row in at.ratios().to_dict("records")
-                     if row["size_bytes"] == at.bounds[-1]["size_bytes"]]
+        with observing(tb, out, observe, algorithm.nchannels) as telemetry, \
+                LiveView(console, telemetry, total, "compare") as live:
+            def run(paths: list[SitePath], tag: str) -> Comparison:
+                return compare(tb, options, modes, algorithm, target_ns, paths, show, log, telemetry, tag,
+                               on_answers=lambda call, answers: live.advance())
+
+            comparison = run(paths, "")
+            frames.append(_results(comparison, ""))
+            _print(comparison)
+            save(comparison, out)
+            wrong = _wrong(comparison)
+            rows = []
+            for km in distances:
+                for _, link in tb.dci_links():
+                    link.set(delay_ms=propagation_delay_ms(km))
+                with console.status(f"{km:g} km: probing the fabric"):
+                    paths = discover(tb)
+                console.rule(f"every DCI at {km:g} km")
+                at = run(paths, f"@{km:g}km")
+                frames.append(_results(at, f"@{km:g}km"))
+                _print(at)
+                save(at, out / f"{km:g}km")
+                wrong += _wrong(at)
+                rows += [{"distance_km": km, **row} for row in at.ratios().to_dict("records")
+                         if row["size_bytes"] == at.bounds[-1]["size_bytes"]]
+    tables = ["compare-ratios.csv", "compare-summary.csv", "discovery.csv"]
     if rows:
         frame = pd.DataFrame(rows)
         console.print(report.frame_table("busbw (Mbit/s) against distance, largest size", frame.round(3)))
         frame.to_csv(out / "distance-sweep.csv", index=False)
-    return wrong
+        tables.append("distance-sweep.csv")
+    return ComparisonRun(wrong, lines, pd.concat(frames, ignore_index=True), tables)
+
+
+def _results(comparison: Comparison, tag: str) -> pd.DataFrame:
+    return pd.concat([nccl_tests.to_frame(run.results).assign(mode=f"{run.mode}{tag}") for run in comparison.runs],
+                     ignore_index=True)
 
 
 SHORT_NAMES = {"size_bytes": "size B", "bound_mbps": "bound", "completion_p50_ms": "done p50",

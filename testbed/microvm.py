@@ -53,7 +53,8 @@ def command(argv: list[str], rwdirs: list[Path], cwd: Path) -> list[str]:
     if not Path(vng).exists():
         raise MicroVmError("virtme-ng (vng) is not installed: run scripts/provision.sh")
     inner = (f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:{SANE_PATH} {IN_VM_ENV}=1 "
-             f"TESTBED_VM_ACCEL={accel()} PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 && {shlex.join(argv)}")
+             f"TESTBED_VM_ACCEL={accel()} PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 MPLCONFIGDIR=/tmp/matplotlib "
+             f"&& {shlex.join(argv)}")  # the root file system is the host's, read-only: matplotlib's cache goes in /tmp
     cmd = [vng, "-r", str(kernel_image()), "--memory", os.environ.get("TESTBED_VM_MEMORY", "3G"),
            "--cpus", str(os.cpu_count() or 1), "--cwd", str(cwd), "--exec", inner]
     if accel() == "tcg":

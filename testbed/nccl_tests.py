@@ -243,6 +243,10 @@ class Options:
             return tuple(d.name for d in DATATYPES.values() if d.numpy is not None)
         return (self.dtype,)
 
+    def measurements(self, nranks: int) -> int:
+        """Rows the sweep prints: one per size, datatype, op and root (each measured out of and in place)."""
+        return len(self.sizes) * len(self.dtypes) * len(self.ops) * len(self.roots(nranks))
+
     def roots(self, nranks: int) -> tuple[int, ...]:
         """Root column values to run: -1 without a root, every rank for root -1, else the root given."""
         if self.collective not in ROOTED:

@@ -25,6 +25,7 @@ from controllers.dcqcn import Dcqcn, DcqcnParams
 from controllers.swift import Swift, SwiftParams
 from controllers.fixed_rate import FixedRate
 from testbed.control_channel import ControlClient
+from testbed.flow_samples import FlowSampler
 from testbed.nic import Nic, run
 from testbed.schedules import UFUNCS, Schedule, apply_step, build_schedule, count_wrong, expected, rank_buffers, \
     step_graph
@@ -48,6 +49,14 @@ def receiver_qpn(peer: int, channel: int, nranks: int) -> int:
     return 3 + 2 * (channel * nranks + peer)
 
 
+def queue_pairs(addresses: list[str], nchannels: int) -> list[dict]:
+    """Every data flow of a job: sender and receiver address, the sender's QP and the receiver's (the data
+    packets' destination QP); what a capture's analysis needs to tie ACKs and CNPs to their flow."""
+    n = len(addresses)
+    return [{"src": addresses[a], "dst": addresses[b], "sqpn": sender_qpn(b, c, n), "dqpn": receiver_qpn(a, c, n)}
+            for a in range(n) for b in range(n) for c in range(nchannels) if a != b]
+
+
 def congestion_control(spec: dict):
     """The congestion control a job or the controller names: ``{"kind": "dcqcn", "line_rate_bps": ...,
     "stretch": ...}``, ``{"kind": "fixed", "rate_bps": ...}``, or ``{"kind": "adaptive" | "swift", "path":
@@ -69,8 +78,9 @@ class RankLinks:
     peer's path (``apply``), over the control channel when the job has one."""
 
     def __init__(self, nic: Nic, rank: int, addresses: list[str], cc_spec: dict, config: TransportConfig,
-                 control: ControlClient | None = None) -> None:
+                 control: ControlClient | None = None, telemetry_ns: int = 0) -> None:
         self.nic, self.rank, self.addresses, self.config, self.control = nic, rank, addresses, config, control
+        self.telemetry = FlowSampler(rank, addresses, telemetry_ns)
         self.cc_specs = {peer: cc_spec for peer in range(len(addresses))}
         self.senders: dict[tuple[int, int], Sender] = {}
         self.receivers: dict[tuple[int, int], Receiver] = {}
@@ -127,6 +137,11 @@ class RankLinks:
         for message in self.control.poll():
             self.apply(message)
 
+    def tick(self) -> None:
+        """What the event loop does besides moving packets: apply control messages, sample the flows."""
+        self.poll_control()
+        self.telemetry.maybe_sample(self.senders, self.receivers)
+
     def counters(self) -> dict:
         """The senders' counters summed: what the controller reports per run."""
         return {name: sum(s.counters[name] for s in self.senders.values()) for name in FLOW_COUNTERS}
@@ -144,6 +159,7 @@ def execute(schedule: Schedule, buffers: dict[str, np.ndarray], links: RankLinks
     dtype = buffers["send"].dtype
     ready = deque(i for i, count in enumerate(remaining) if count == 0)
     blocked: dict[int, Receiver] = {}  # steps whose chunk has not arrived yet
+    blocked_since: dict[int, int] = {}
     done = 0
     while done < len(schedule.steps):
         while ready:
@@ -154,25 +170,28 @@ def execute(schedule: Schedule, buffers: dict[str, np.ndarray], links: RankLinks
                 receiver = links.receiver(step.recv_peer, step.channel)
                 if not receiver.has_message():
                     blocked[i] = receiver
+                    blocked_since.setdefault(i, time.monotonic_ns())
                     continue
                 message = np.frombuffer(receiver.recv(0), dtype=dtype)
             value = apply_step(step, buffers, ufunc, message)
             if step.send_peer is not None:
                 links.sender(step.send_peer, step.channel).send(value)
+            waited = time.monotonic_ns() - blocked_since.pop(i) if i in blocked_since else 0
+            links.telemetry.step_done(i, step, value.nbytes, waited)
             done += 1
             for successor in successors[i]:
                 remaining[successor] -= 1
                 if remaining[successor] == 0:
                     ready.append(successor)
         if done < len(schedule.steps):
-            if not run([links.nic], lambda: links.poll_control() or any(r.has_message() for r in blocked.values()),
+            if not run([links.nic], lambda: links.tick() or any(r.has_message() for r in blocked.values()),
                        STEP_TIMEOUT_S):
                 raise TimeoutError(f"rank {schedule.rank}: no chunk arrived for {STEP_TIMEOUT_S} s")
             arrived = [i for i, r in blocked.items() if r.has_message()]
             for i in arrived:
                 del blocked[i]
             ready.extend(sorted(arrived))
-    if not run([links.nic], links.all_acknowledged, STEP_TIMEOUT_S):
+    if not run([links.nic], lambda: links.tick() or links.all_acknowledged(), STEP_TIMEOUT_S):
         raise TimeoutError(f"rank {schedule.rank}: chunks unacknowledged after {STEP_TIMEOUT_S} s")
 
 
@@ -209,7 +228,10 @@ def measure(command: dict, links: RankLinks) -> dict:
         want = expected(command["collective"], inputs, op=command["op"], root=command["root"])[rank]
         wrong = 0 if want is None else count_wrong(buffers["recv"], want, op=command["op"], nranks=n)
     counters = {name: value - before[name] for name, value in links.counters().items()}
-    return {"time_us": sum(iter_us) / max(1, len(iter_us)), "iter_us": iter_us, "wrong": wrong, "counters": counters}
+    if links.telemetry.interval_ns:
+        links.telemetry.sample(links.senders, links.receivers)  # the command's final totals
+    return {"time_us": sum(iter_us) / max(1, len(iter_us)), "iter_us": iter_us, "wrong": wrong, "counters": counters,
+            **links.telemetry.take()}
 
 
 def next_command(links: RankLinks) -> dict | None:
@@ -228,7 +250,8 @@ def main() -> None:
     config = TransportConfig(**job.get("transport", {}))
     control = ControlClient(job["control"], job["rank"]) if job.get("control") else None
     with Nic(job["addresses"][job["rank"]]) as nic:
-        links = RankLinks(nic, job["rank"], job["addresses"], job["cc"], config, control)
+        links = RankLinks(nic, job["rank"], job["addresses"], job["cc"], config, control,
+                          job.get("telemetry_ns", 0))
         links.open_all(job["nchannels"])
         print(json.dumps({"ready": job["rank"]}), flush=True)
         while (command := next_command(links)) is not None:

@@ -1,6 +1,8 @@
 """The tables a run prints and the files it leaves in the results directory."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -11,7 +13,7 @@ from rich.table import Table
 console = Console()
 
 
-def _table(title: str, columns: tuple[str, ...]) -> Table:
+def compact_table(title: str, columns: tuple[str, ...]) -> Table:
     """A compact table that fits 80 columns (CI logs are not terminals)."""
     table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))
     for column in columns:
@@ -24,7 +26,7 @@ def _verdict(ok: bool) -> str:
 
 
 def rtt_table(rows: list[dict]) -> Table:
-    table = _table("RTT between sites, ms (expected = propagation + fixed cost at 20 km)",
+    table = compact_table("RTT between sites, ms (expected = propagation + fixed cost at 20 km)",
                    ("sites", "propag.", "fixed", "expected", "min", "avg", "max", "error", "rx", ""))
     for r in rows:
         table.add_row(f"{r['src_site']}-{r['dst_site']}", f"{r['expected_ms']:.3f}", f"{r['fixed_ms']:.3f}",
@@ -35,7 +37,7 @@ def rtt_table(rows: list[dict]) -> Table:
 
 
 def rate_table(rows: list[dict]) -> Table:
-    table = _table("DCI rate, Mbit/s (iperf3 UDP goodput at 1.2x offered load)",
+    table = compact_table("DCI rate, Mbit/s (iperf3 UDP goodput at 1.2x offered load)",
                    ("dci", "path", "link", "expected", "measured", "error", "reordered", ""))
     for r in rows:
         table.add_row(r["dci"], f"{r['src']}->{r['dst']}", f"{r['configured_mbps']:g}",
@@ -46,7 +48,7 @@ def rate_table(rows: list[dict]) -> Table:
 
 def frame_table(title: str, frame: pd.DataFrame) -> Table:
     """Any DataFrame as a compact table (benchmarks print theirs this way)."""
-    table = _table(title, tuple(str(c) for c in frame.columns))
+    table = compact_table(title, tuple(str(c) for c in frame.columns))
     for row in frame.itertuples(index=False):
         table.add_row(*(f"{v:g}" if isinstance(v, float) else str(v) for v in row))
     return table
@@ -65,9 +67,37 @@ def save(out_dir: Path, params: dict, results: dict[str, list]) -> list[Path]:
     return written + [path]
 
 
+def save_page(out_dir: Path, title: str, command: str, params: dict, nccl_lines: list[str],
+              results: pd.DataFrame | None, tables: list[str]) -> None:
+    """What the HTML report (``testbed.html_report``) shows besides telemetry: ``params.json`` (title, the
+    command line, parameters, the CSV tables to show), ``nccl-tests.txt`` as printed, ``results.parquet``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "params.json").write_text(json.dumps({"title": title, "command": command, "params": params,
+                                                     "tables": tables}, indent=2, default=str))
+    (out_dir / "nccl-tests.txt").write_text("".join(f"{line}\n" for line in nccl_lines))
+    if results is not None:
+        results.to_parquet(out_dir / "results.parquet", index=False)
+
+
+def render(out_dir: Path) -> Path:
+    """Plots and ``report.html`` (``testbed.html_report``), drawn in a fresh interpreter: matplotlib crashed
+    (SIGSEGV, not reproducible on its own) in a process that had just run a fabric under TCG emulation, and a
+    run's results must not depend on its pictures."""
+    done = subprocess.run([sys.executable, "-X", "faulthandler", "-m", "testbed.html_report", str(out_dir)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.stderr.write(done.stderr)  # with faulthandler, a crash's Python stack
+        raise ReportError(f"the report of {out_dir} could not be drawn (exit status {done.returncode})")
+    return Path(done.stdout.strip().splitlines()[-1])
+
+
+class ReportError(RuntimeError):
+    """Drawing the plots or writing the HTML page failed; the results themselves are saved."""
+
+
 def bound_table(collective: str, rows: list[dict]) -> Table:
     """Measured (out of place) against the analytic bound of ``testbed.bounds``, per size."""
-    table = _table(f"{collective}: measured vs the bound from link rates and delays (out of place)",
+    table = compact_table(f"{collective}: measured vs the bound from link rates and delays (out of place)",
                    ("size B", "time us", "bound us", "busbw GB/s", "bound GB/s", "of bound", "limited by"))
     for r in rows:
         table.add_row(str(r["size_bytes"]), f"{r['time_us']:.0f}", f"{r['bound_us']:.0f}", f"{r['busbw_gbps']:.4f}",
@@ -77,7 +107,7 @@ def bound_table(collective: str, rows: list[dict]) -> Table:
 
 def discovery_table(paths: list) -> Table:
     """What the fabric controller's probes found between sites."""
-    table = _table("paths the controller measured (probes, not the topology file)",
+    table = compact_table("paths the controller measured (probes, not the topology file)",
                    ("from", "to", "border RTT ms", "host RTT ms", "bottleneck Mbit/s", "DCIs"))
     for p in paths:
         table.add_row(p.src_site, p.dst_site, f"{p.rtt_ms:.3f}", f"{p.host_rtt_ms:.3f}", f"{p.bottleneck_mbps:.2f}",

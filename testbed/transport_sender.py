@@ -79,7 +79,7 @@ class Sender(QueuePairEnd):
         self._next_msg_id = 0
         self._first_send_ns: int | None = None
         self._last_ack_ns: int | None = None
-        self.counters.update(messages_queued=0, messages_acked=0, packets_sent=0, bytes_sent=0,
+        self.counters.update(messages_queued=0, messages_acked=0, packets_sent=0, bytes_sent=0, ip_bytes_sent=0,
                              retransmitted_packets=0, send_errors=0, bytes_acked=0, acks_received=0,
                              naks_received=0, cnps_received=0, timeouts=0, rtt_samples=0)
         self.series: list[dict] = []  # one row per ACK, NAK, CNP and timeout
@@ -184,6 +184,7 @@ class Sender(QueuePairEnd):
                             ackreq=ackreq, mtu=self.config.mtu)
         try:
             self.nic.sendto(packet, self._tos, self.peer)
+            self.counters["ip_bytes_sent"] += len(packet) + IP_UDP_HEADER_BYTES  # what a capture of the path sees
         except OSError as error:  # a full socket buffer is a drop, like a NIC's: NAK or RTO recovers it
             if error.errno not in (errno.EAGAIN, errno.ENOBUFS):
                 raise

@@ -38,6 +38,13 @@ def run_cli(*args):
     (["compare", "--target-queue-ms", "-1"], "--target-queue-ms -1.0 must be > 0"),
     (["compare", "--collective", "nosuch"], "argument --collective: invalid choice: 'nosuch'"),
     (["compare", "-b", "8M", "-e", "1M"], "invalid sizes for 'minbytes' and 'maxbytes'"),
+    (["perf", "all_reduce", "--telemetry-ms", "0"], "--telemetry-ms 0 must be > 0"),
+    (["perf", "all_reduce", "--telemetry-scope", "some"], "argument --telemetry-scope: invalid choice: 'some'"),
+    (["compare", "--capture", "--snaplen", "40"], "--snaplen 40 cuts the RoCE headers: use at least 74"),
+    (["run", "--capture", "--capture-links", "westb-nowhere"], "--capture-links: 'westb-nowhere' is not a link"),
+    (["perf", "all_reduce", "--capture", "--capture-max-mb", "4"], "--capture-max-mb 4 leaves less than 1 MB"),
+    (["analyze", "/nonexistent/results"], "results directory /nonexistent/results does not exist"),
+    (["analyze", "/tmp", "--bin-ms", "0"], "--bin-ms 0 must be > 0"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message):
     records_before = set(cleanup.RUN_DIR.glob("*.json")) if cleanup.RUN_DIR.is_dir() else set()

@@ -1,0 +1,86 @@
+"""Telemetry, captures, analysis and the report on live fabrics: the sampler against the kernel's own counters,
+a captured collective run against its senders and receivers, and the HTML page against its plots."""
+
+import json
+import re
+
+import pandas as pd
+import pytest
+
+from testbed import cli
+from testbed.cli import load_topology
+from testbed.network import Testbed
+from testbed.telemetry import Telemetry
+from testbed.verify import iperf_udp
+
+pytestmark = pytest.mark.kernel
+
+ECT0 = 0b10
+
+
+def test_the_sampler_sees_the_dci_backlog_rise_and_its_marks_count_up():
+    """UDP at 1.2x a 50 Mbit/s DCI: the DCI egress queue fills to RED's range and marks; the sampled counters
+    end where the kernel's own do, and the backlog the samples show is the one the queue holds."""
+    with Testbed(load_topology("two_sites")(hosts=1, distance_km=100)) as tb:
+        egress = tb.egress("westb", "eastb")
+        src, dst = tb.hosts("west")[0], tb.hosts("east")[0]
+        with Telemetry(tb) as telemetry:
+            iperf_udp(src, dst, mbps=60, seconds=2, length=8972, tos=ECT0)
+        after = egress.stats()
+        kmin = egress.shape.ecn_kmin_bytes
+    queues = telemetry.frames()["queues"]
+    dci = queues[(queues.node == "westb") & (queues.peer == "eastb")].sort_values("t_s")
+    overhead = telemetry.overhead()
+    print(f"{len(dci)} samples of westb->eastb, backlog max {dci.backlog_bytes.max()} B (kmin {kmin}), "
+          f"marks {dci.ecn_marks.iloc[-1] - dci.ecn_marks.iloc[0]}; sampler {overhead}")
+    assert dci.backlog_bytes.iloc[0] == 0 and dci.backlog_bytes.max() > kmin
+    assert dci.ecn_marks.is_monotonic_increasing and dci.ecn_marks.iloc[-1] > dci.ecn_marks.iloc[0]
+    # the sampler's own netlink decoder reads what pyroute2 reads
+    for counter in ("ecn_marks", "sent_bytes", "sent_packets", "drops", "backlog_bytes"):
+        assert dci[counter].iloc[-1] == after[counter], counter
+    delay = dci.backlog_bytes * 8e3 / (egress.shape.bw_mbps * 1e6)
+    assert (dci.queue_delay_ms - delay).abs().max() < 1e-9
+    assert dci.dci.eq("west-east").all() and len(dci) >= 20  # a 2 s load at 10 ms
+    links = telemetry.frames()["links"]
+    west_dci = links[links.intf == egress.name]
+    assert west_dci.tx_bytes.iloc[-1] - west_dci.tx_bytes.iloc[0] >= 0.9 * 2 * 50e6 / 8
+
+
+def test_a_captured_collective_is_reproduced_by_analyze_and_reported(tmp_path, capsys):
+    """The product path: ``testbed perf --capture`` then ``testbed analyze``.  Each captured flow's bytes match
+    its sender's within 1 %; the CE marks and CNPs the capture shows are the ones the receivers counted; the
+    report shows every plot."""
+    out = tmp_path / "run"
+    assert cli.main(["perf", "all_reduce", "--topology", "two_sites", "--hosts", "2", "--host-bw-mbps", "20",
+                     "--dci-bw-mbps", "10", "-b", "1M", "-e", "1M", "-n", "1", "-w", "0", "--capture",
+                     "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    meta = json.loads((out / "capture" / "capture.json").read_text())
+    assert len(meta["interfaces"]) == 1 and set(meta["kernel_drops"].values()) == {0}, meta
+    assert cli.main(["analyze", str(out)]) == 0
+    analysed = capsys.readouterr().out
+    print(printed, analysed, sep="\n")
+
+    flows = pd.read_parquet(out / "telemetry" / "flows.parquet")
+    totals = flows.groupby(["rank", "peer", "channel", "side"]).last().reset_index()
+    captured = pd.read_csv(out / "analysis" / "flows.csv").dropna(subset=["dqpn"])
+    assert len(captured) == 2  # the ring's two DCI crossings, one each way
+    for flow in captured.itertuples():
+        match = totals[(totals.src == flow.src) & (totals.dst == flow.dst) & (totals.dqpn == flow.dqpn)]
+        sender, receiver = (match[match.side == side].iloc[0] for side in ("sender", "receiver"))
+        assert flow.ip_bytes == pytest.approx(sender.ip_bytes_sent, rel=0.01), (flow, sender)
+        # marks are made before the tap (the sender's site and the DCI queue), never after it; a CNP may be
+        # tail-dropped by the full DCI queue on its way back
+        assert flow.ce_packets == receiver.ce_marked, (flow, receiver)
+        assert flow.cnps == pytest.approx(receiver.cnps_sent, rel=0.01), (flow, receiver)
+    assert captured.ce_packets.sum() > 0 and captured.cnps.sum() > 0  # the 10 Mbit/s DCI did congest
+    check = pd.read_csv(out / "analysis" / "crosscheck.csv")
+    flow_rows = check[~check.scope.str.contains(" queue ") & check.quantity.isin(["ip_bytes", "ce_packets", "cnps"])]
+    assert len(flow_rows) == 6 and flow_rows.ok.all(), flow_rows.to_string()
+
+    report = out / "report.html"
+    assert f"report: {report}" in analysed
+    html = report.read_text()
+    plots = sorted(p.name for p in (out / "plots").glob("*.png"))
+    assert {"dci-queue-delay.png", "flow-rate.png", "busbw.png", "ce-cnp.png", "capture-throughput.png"} <= set(plots)
+    assert all(re.search(rf'href="plots/{re.escape(name)}"', html) for name in plots)

@@ -1,0 +1,348 @@
+"""Capture analysis: small pcaps built here from testbed.rocev2's own packets, with known sizes, marks, PSN
+orders and clocks, must come back as the counts, delays and cross-check verdicts they were built with."""
+
+import json
+import struct
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from scapy.all import ARP, ICMP, IP, UDP, Dot1Q, Ether, Raw, raw
+from scapy.contrib.roce import AETH, BTH
+from scapy.utils import PcapWriter
+
+from testbed.analysis import (AnalysisError, analyze, classify_psns, cross_check, decode, disagreements,
+                              read_packets, save)
+from testbed.rocev2 import CE, ECT0, ECT1, NOT_ECT, Flow, build_ack, build_cnp, build_data, build_nak
+
+WEST, EAST = "10.1.0.2", "10.2.0.2"
+WEST_MAC, EAST_MAC = "02:00:00:00:00:07", "02:00:00:00:00:08"  # westb-eth2's own MAC, the peer's
+INTF = "westb-eth2"
+CLOCK_OFFSET_NS = 1_732_500_000_000_000_000  # CLOCK_REALTIME - CLOCK_MONOTONIC
+T0_NS = 123_456_789_000  # the telemetry's zero, monotonic
+SNAPLEN = 128
+PSN_MODULUS = 1 << 24
+
+
+def interface(intf: str = INTF, mac: str = WEST_MAC) -> dict:
+    return {"intf": intf, "node": "westb", "peer": "eastb", "dci": "west-east", "mac": mac}
+
+
+def meta(queue_pairs: list[dict] = (), interfaces: list[dict] | None = None, t0_ns: int | None = T0_NS) -> dict:
+    return {"snaplen": SNAPLEN, "clock_offset_ns": CLOCK_OFFSET_NS, "t0_monotonic_ns": t0_ns,
+            "rotation": {"file_mb": 64, "files": 8}, "interfaces": interfaces or [interface()],
+            "queue_pairs": list(queue_pairs), "kernel_drops": {INTF: 0}}
+
+
+def frame(src: str, dst: str, udp_payload: bytes, ecn: int, src_mac: str, dst_mac: str) -> bytes:
+    """An Ethernet frame as the kernel sends our packets: ID 0, DF, UDP 4791 both ways."""
+    return raw(Ether(src=src_mac, dst=dst_mac) / IP(src=src, dst=dst, tos=ecn, id=0, flags="DF")
+               / UDP(sport=4791, dport=4791) / Raw(udp_payload))
+
+
+def data(src: str, dst: str, dqpn: int, psn: int, send_ns: int, size: int = 1000, ecn: int = ECT0,
+         msg_id: int = 1, src_mac: str = WEST_MAC, dst_mac: str = EAST_MAC) -> bytes:
+    payload = build_data(Flow(src, dst, 4791), dqpn=dqpn, psn=psn, msg_id=msg_id, offset=0, msg_len=size,
+                         payload=bytes(size), timestamp_ns=send_ns)
+    return frame(src, dst, payload, ecn, src_mac, dst_mac)
+
+
+def control(kind: str, src: str, dst: str, dqpn: int, src_mac: str = EAST_MAC, dst_mac: str = WEST_MAC) -> bytes:
+    """An ACK, NAK or CNP from data receiver ``src`` to data sender ``dst``'s QP ``dqpn``."""
+    flow = Flow(src, dst, 4791)
+    payload = {"ack": lambda: build_ack(flow, dqpn=dqpn, psn=5, msn=1),
+               "nak": lambda: build_nak(flow, dqpn=dqpn, psn=5, msn=1),
+               "cnp": lambda: build_cnp(flow, dqpn=dqpn)}[kind]()
+    return frame(src, dst, payload, ECT1 if kind == "cnp" else NOT_ECT, src_mac, dst_mac)
+
+
+def ip_bytes(frame_bytes: bytes) -> int:
+    return len(frame_bytes) - 14  # Ethernet header: the rest is the IP packet
+
+
+def write_pcap(path: Path, packets: list[tuple[int, bytes]], nano: bool = True, snaplen: int = SNAPLEN) -> None:
+    """``packets`` as (monotonic capture ns, frame), stamped in CLOCK_REALTIME and cut to ``snaplen``."""
+    with PcapWriter(str(path), nano=nano, linktype=1, snaplen=snaplen) as writer:
+        writer.write_header(None)
+        for monotonic_ns, full in packets:
+            realtime_ns = monotonic_ns + CLOCK_OFFSET_NS
+            fraction = realtime_ns % 10**9
+            writer.write_packet(full[:snaplen], sec=realtime_ns // 10**9,
+                                usec=fraction if nano else fraction // 1000, wirelen=len(full))
+
+
+def results(tmp_path: Path, packets: list[tuple[int, bytes]], capture_meta: dict | None = None, **pcap) -> Path:
+    capture = tmp_path / "capture"
+    capture.mkdir()
+    (capture / "capture.json").write_text(json.dumps(capture_meta or meta()))
+    write_pcap(capture / f"{INTF}.pcap0", packets, **pcap)
+    return tmp_path
+
+
+def only_row(frame_: pd.DataFrame, **match) -> pd.Series:
+    rows = frame_
+    for column, value in match.items():
+        rows = rows[rows[column].isna()] if value is pd.NA else rows[rows[column] == value]
+    assert len(rows) == 1, rows
+    return rows.iloc[0]
+
+
+def test_decode_agrees_with_scapy_full_and_truncated():
+    send_ns = 987_654_321_012
+    frames = [data(WEST, EAST, 9, 77, send_ns, size=3000, ecn=CE), control("ack", EAST, WEST, 4),
+              control("nak", EAST, WEST, 4), control("cnp", EAST, WEST, 4)]
+    for full in frames:
+        dissected = Ether(full)
+        src, dst, size, ecn, kind, dqpn, psn, ts, _, _ = decode(full)
+        assert (src, dst, size, ecn) == (dissected[IP].src, dissected[IP].dst, dissected[IP].len,
+                                         dissected[IP].tos & 3)
+        assert (dqpn, psn) == (dissected[BTH].dqpn, dissected[BTH].psn)
+        if AETH in dissected:
+            assert kind == {0x1F: "ack", 0x60: "nak"}[dissected[AETH].syndrome]
+        assert decode(full[:SNAPLEN]) == decode(full)  # 128 bytes hold every header we read
+    # scapy's BTH takes the last 4 bytes it gets for the ICRC: ours reads our header by offset instead
+    truncated = Ether(frames[0][:SNAPLEN])
+    assert struct.unpack("!Q", truncated[BTH].original[12:20])[0] == send_ns == decode(frames[0][:SNAPLEN])[7]
+    assert decode(frames[0])[4:8] == ("data", 9, 77, send_ns)
+    cut_in_timestamp = decode(frames[0][:14 + 20 + 8 + 12 + 4])
+    assert cut_in_timestamp[2] == ip_bytes(frames[0]) and cut_in_timestamp[7] is None
+
+
+def test_decode_skips_vlan_tags():
+    plain = data(WEST, EAST, 9, 3, T0_NS)
+    tagged = plain[:12] + b"\x81\x00" + struct.pack("!H", 7) + plain[12:]
+    assert Ether(tagged)[Dot1Q].vlan == 7 and Ether(tagged)[IP].src == WEST  # what scapy makes of it
+    assert decode(tagged) == decode(plain) and decode(plain)[4] == "data"
+
+
+def test_flow_counts_bytes_ce_and_one_way_delay_from_truncated_packets(tmp_path):
+    sizes = [1000, 4076, 12, 2500, 700]
+    marks = [ECT0, CE, ECT0, CE, CE]
+    delays_ns = [1_000_000, 2_000_000, 3_000_000, 4_000_000, 5_500_000]
+    packets = []
+    for i, (size, ecn, delay) in enumerate(zip(sizes, marks, delays_ns)):
+        send_ns = T0_NS + i * 10_000_000
+        packets.append((send_ns + delay, data(WEST, EAST, 9, i, send_ns, size=size, ecn=ecn)))
+    analysis = analyze(results(tmp_path, packets, meta([{"src": WEST, "dst": EAST, "sqpn": 4, "dqpn": 9}])))
+
+    assert analysis.packets["ip_bytes"].tolist() == [ip_bytes(f) for _, f in packets]  # not the 128 captured
+    flow = only_row(analysis.flows, src=WEST, dst=EAST, dqpn=9)
+    assert flow["data_packets"] == len(sizes)
+    assert flow["ip_bytes"] == sum(ip_bytes(f) for _, f in packets)
+    assert flow["ce_packets"] == marks.count(CE)
+    assert flow["ce_fraction"] == pytest.approx(marks.count(CE) / len(marks))
+    assert flow["sqpn"] == 4 and flow["direction"] == "out" and flow["egress"] == "westb->eastb"
+    assert analysis.packets["owd_ms"].tolist() == pytest.approx([d / 1e6 for d in delays_ns])
+    assert flow["owd_p50_ms"] == pytest.approx(pd.Series(delays_ns).median() / 1e6)
+    times = [(t - T0_NS) / 1e9 for t, _ in packets]
+    assert analysis.packets["t_s"].tolist() == pytest.approx(times)
+    assert flow["mbps"] == pytest.approx(flow["ip_bytes"] * 8 / 1e6 / (times[-1] - times[0]))
+
+
+def test_send_timestamp_cut_by_snaplen_is_na(tmp_path):
+    full = data(WEST, EAST, 9, 0, T0_NS)
+    analysis = analyze(results(tmp_path, [(T0_NS + 10**6, full)], snaplen=14 + 20 + 8 + 12 + 4))
+    packet = analysis.packets.iloc[0]
+    assert packet["ip_bytes"] == ip_bytes(full)
+    assert pd.isna(packet["send_ts_ns"]) and pd.isna(packet["owd_ms"])
+
+
+def test_microsecond_pcap_and_null_t0(tmp_path):
+    send_ns = 50_000_000_000
+    packets = [(send_ns + 2_345_000, data(WEST, EAST, 9, 0, send_ns)),
+               (send_ns + 7_000_000, data(WEST, EAST, 9, 1, send_ns))]
+    analysis = analyze(results(tmp_path, packets, meta(t0_ns=None), nano=False))
+    assert analysis.packets["owd_ms"].tolist() == pytest.approx([2.345, 7.0])
+    assert analysis.packets["t_s"].tolist() == pytest.approx([0.0, (7_000_000 - 2_345_000) / 1e9])
+
+
+def test_control_packets_attributed_by_queue_pair_then_host_pair(tmp_path):
+    other_west, other_east, third_west, third_east = "10.1.0.3", "10.2.0.3", "10.1.0.4", "10.2.0.4"
+    queue_pairs = [{"src": WEST, "dst": EAST, "sqpn": 4, "dqpn": 9}]
+    t = T0_NS
+    built = [data(WEST, EAST, 9, 0, t), data(WEST, EAST, 8, 0, t),  # two flows on the host pair: only
+             control("ack", EAST, WEST, 4), control("ack", EAST, WEST, 4), control("nak", EAST, WEST, 4),
+             control("cnp", EAST, WEST, 4), control("cnp", EAST, WEST, 4), control("cnp", EAST, WEST, 4),
+             data(other_west, other_east, 11, 0, t), control("cnp", other_east, other_west, 7),  # one flow
+             data(third_west, third_east, 20, 0, t), data(third_west, third_east, 21, 0, t),
+             control("cnp", third_east, third_west, 99)]  # neither: kept apart with dqpn NA
+    analysis = analyze(results(tmp_path, [(t + i, f) for i, f in enumerate(built)], meta(queue_pairs)))
+    flows = analysis.flows
+
+    named = only_row(flows, src=WEST, dst=EAST, dqpn=9)
+    assert (named["acks"], named["naks"], named["cnps"], named["direction"]) == (2, 1, 3, "out")
+    assert only_row(flows, src=WEST, dst=EAST, dqpn=8)[["acks", "naks", "cnps"]].tolist() == [0, 0, 0]
+    assert only_row(flows, src=other_west, dst=other_east, dqpn=11)["cnps"] == 1
+    lost = only_row(flows, src=third_west, dst=third_east, dqpn=pd.NA)
+    assert (lost["cnps"], lost["data_packets"], lost["direction"]) == (1, 0, "out")
+    assert pd.isna(lost["sqpn"])
+    assert flows["cnps"].sum() == sum(1 for f in built if decode(f)[4] == "cnp")
+    kinds = analysis.packets.set_index("kind")["direction"]
+    assert set(kinds["cnp"]) == {"in"} and set(kinds["data"]) == {"out"}
+
+
+@pytest.mark.parametrize("start", [100, PSN_MODULUS - 3])
+def test_repeats_gaps_and_fills_across_the_psn_wrap(tmp_path, start):
+    order = [0, 1, 2, 4, 5, 3, 5, 6, 9, 7, 2, 8, 10]  # packet indices in arrival order
+    packets = [(T0_NS + i * 1000, data(WEST, EAST, 9, (start + n) % PSN_MODULUS, T0_NS))
+               for i, n in enumerate(order)]
+    seen, front, repeats, fills, gaps = set(), -1, 0, 0, 0
+    for n in order:  # the same rules on unwrapped indices
+        if n in seen:
+            repeats += 1
+        elif n < front:
+            fills += 1
+        else:
+            gaps += max(0, n - front - 1) if front >= 0 else 0
+            front = n
+        seen.add(n)
+    analysis = analyze(results(tmp_path, packets))
+    flow = only_row(analysis.flows, dqpn=9)
+    assert (flow["repeats"], flow["gaps"], flow["fills"]) == (repeats, gaps, fills)
+    assert flow["retransmitted"] == repeats + fills
+    assert flow["restarts"] == 0
+    assert analysis.events["retransmitted"].sum() == repeats + fills
+
+
+def test_a_new_incarnation_of_the_queue_pair_is_not_a_repeat():
+    psns = [0, 1, 2, 3, 0, 1, 1]
+    msg_ids = [0, 0, 1, 2, 0, 0, 0]
+    offsets = [0, 4076, 0, 0, 0, 4076, 4076]
+    labels, skipped = classify_psns(psns, msg_ids, offsets)
+    assert labels == ["first", "next", "next", "next", "first", "next", "repeat"]
+    assert skipped == [0] * len(psns)
+    # a retransmission of the first packet while the front is still in message 0 stays a repeat
+    assert classify_psns([0, 1, 0], [0, 0, 0], [0, 4076, 0])[0] == ["first", "next", "repeat"]
+
+
+def test_rotated_files_are_read_oldest_first_whatever_their_names(tmp_path):
+    capture = tmp_path / "capture"
+    capture.mkdir()
+    (capture / "capture.json").write_text(json.dumps(meta()))
+    early = [(T0_NS + i * 1000, data(WEST, EAST, 9, i, T0_NS)) for i in range(3)]
+    late = [(T0_NS + 10**6 + i * 1000, data(WEST, EAST, 9, 3 + i, T0_NS)) for i in range(3)]
+    write_pcap(capture / f"{INTF}.pcap0", late)  # the ring wrapped: file 0 now holds the newest packets
+    write_pcap(capture / f"{INTF}.pcap1", early)
+    analysis = analyze(tmp_path)
+    assert analysis.packets["psn"].tolist() == list(range(6))
+    assert only_row(analysis.flows, dqpn=9)[["repeats", "gaps", "fills"]].tolist() == [0, 0, 0]
+
+
+def test_plain_pcap_name_is_accepted(tmp_path):
+    capture = tmp_path / "capture"
+    capture.mkdir()
+    (capture / "capture.json").write_text(json.dumps(meta()))
+    write_pcap(capture / f"{INTF}.pcap", [(T0_NS, data(WEST, EAST, 9, 0, T0_NS))])
+    assert len(read_packets(capture, meta())) == 1
+
+
+def test_both_directions_on_one_interface_by_mac(tmp_path):
+    packets = [(T0_NS, data(WEST, EAST, 9, 0, T0_NS)),
+               (T0_NS + 1, data(EAST, WEST, 5, 0, T0_NS, src_mac=EAST_MAC, dst_mac=WEST_MAC))]
+    flows = analyze(results(tmp_path, packets)).flows
+    assert only_row(flows, src=WEST)[["direction", "egress"]].tolist() == ["out", "westb->eastb"]
+    assert only_row(flows, src=EAST)[["direction", "egress"]].tolist() == ["in", "eastb->westb"]
+
+
+def test_non_roce_packets_are_ignored(tmp_path):
+    noise = [raw(Ether(src=WEST_MAC) / ARP(pdst=EAST)),
+             raw(Ether(src=WEST_MAC) / IP(src=WEST, dst=EAST) / ICMP()),
+             raw(Ether(src=WEST_MAC) / IP(src=WEST, dst=EAST) / UDP(sport=4791, dport=53) / Raw(bytes(40)))]
+    roce = data(WEST, EAST, 9, 0, T0_NS)
+    analysis = analyze(results(tmp_path, [(T0_NS + i, f) for i, f in enumerate([*noise, roce])]))
+    assert analysis.packets["kind"].tolist() == ["data"]
+    assert analysis.flows["ip_bytes"].tolist() == [ip_bytes(roce)]
+
+
+def test_no_roce_packets_gives_empty_frames(tmp_path):
+    analysis = analyze(results(tmp_path, [(T0_NS, raw(Ether(src=WEST_MAC) / ARP(pdst=EAST)))]))
+    assert analysis.packets.empty and analysis.flows.empty and analysis.throughput.empty and analysis.events.empty
+    assert cross_check(analysis, None, None).empty
+
+
+def test_throughput_bins_sum_to_the_flow_bytes_with_empty_bins_as_zero(tmp_path):
+    bin_s = 0.1
+    offsets_s = [0.01, 0.05, 0.12, 0.45, 0.46]  # nothing in bins 2 and 3
+    packets = [(T0_NS + int(s * 1e9), data(WEST, EAST, 9, i, T0_NS, size=500 + 100 * i, ecn=CE if i == 2 else ECT0))
+               for i, s in enumerate(offsets_s)]
+    analysis = analyze(results(tmp_path, packets), bin_s=bin_s)
+    bins = analysis.throughput
+    assert bins["t_s"].tolist() == [0.0, 0.1, 0.2, 0.3, 0.4]
+    assert (bins["mbps"] * bin_s * 1e6 / 8).sum() == pytest.approx(sum(ip_bytes(f) for _, f in packets))
+    assert bins["data_packets"].tolist() == [2, 1, 0, 0, 2]
+    assert bins["ce_fraction"].iloc[1] == 1.0 and pd.isna(bins["ce_fraction"].iloc[2])
+    assert analysis.events["data_packets"].tolist() == [2, 1, 0, 0, 2]
+
+
+def telemetry_flows(sender: dict, receiver: dict) -> pd.DataFrame:
+    """Two modes' samples of one queue pair; each mode's last row carries half of the totals."""
+    rows = []
+    for mode, share in (("baseline", lambda v: v // 2), ("adaptive", lambda v: v - v // 2)):
+        for t_s, fraction in ((0.5, 0), (1.0, 1)):  # a zero sample, then the final one
+            common = {"t_s": t_s, "mode": mode, "rank": 0, "peer": 1, "channel": 0, "src": WEST, "dst": EAST,
+                      "sqpn": 4, "dqpn": 9}
+            rows.append(common | {"side": "sender"} | {k: share(v) * fraction for k, v in sender.items()})
+            rows.append(common | {"rank": 1, "peer": 0, "side": "receiver"}
+                        | {k: share(v) * fraction for k, v in receiver.items()})
+    return pd.DataFrame(rows)
+
+
+def test_cross_check_agrees_and_reports_a_disagreement(tmp_path):
+    order = [0, 1, 3, 2, 3, 4]  # one fill, one repeat
+    marks = [ECT0, CE, CE, ECT0, ECT0, CE]
+    packets = [(T0_NS + i * 10**6, data(WEST, EAST, 9, n, T0_NS, ecn=ecn))
+               for i, (n, ecn) in enumerate(zip(order, marks))]
+    packets += [(T0_NS + 10**7 + i, control(kind, EAST, WEST, 4)) for i, kind in enumerate(["cnp", "nak", "ack"])]
+    analysis = analyze(results(tmp_path, packets, meta([{"src": WEST, "dst": EAST, "sqpn": 4, "dqpn": 9}])))
+    data_frames = [f for _, f in packets if decode(f)[4] == "data"]
+    sent = {"packets_sent": len(data_frames), "ip_bytes_sent": sum(map(ip_bytes, data_frames)),
+            "retransmitted_packets": 2}
+    received = {"ce_marked": marks.count(CE), "cnps_sent": 1 + 2, "naks_sent": 1}  # telemetry: 2 more CNPs
+    # the sample before the capture began does not count: the increase within it is the 3 marks seen
+    queues = pd.DataFrame({"t_s": [-0.5, 0.0005, 0.009], "mode": "", "node": "westb", "peer": "eastb",
+                           "intf": INTF, "dci": "west-east", "ecn_marks": [40, 100, 100 + marks.count(CE)],
+                           "drops": [0, 5, 5]})
+
+    check = cross_check(analysis, telemetry_flows(sent, received), queues)
+    assert set(check["quantity"]) == {"data_packets", "ip_bytes", "retransmitted", "ce_packets", "cnps", "naks"}
+    bad = check[~check["ok"]]
+    assert bad[["quantity", "capture", "run", "difference"]].values.tolist() == [["cnps", 1.0, 3.0, -2.0]]
+    lines = disagreements(check)
+    assert len(lines) == 1 and "cnps" in lines[0] and f"{WEST}->{EAST} qp 9" in lines[0]
+    queue = only_row(check, scope=f"{INTF} out queue westb->eastb")
+    assert queue["ok"] and queue["run"] == marks.count(CE) and queue["capture"] == marks.count(CE)
+
+
+def test_cross_check_without_telemetry_for_a_flow_and_without_any(tmp_path):
+    analysis = analyze(results(tmp_path, [(T0_NS, data(WEST, EAST, 9, 0, T0_NS))]))
+    others = telemetry_flows({"packets_sent": 1, "ip_bytes_sent": 1, "retransmitted_packets": 0},
+                             {"ce_marked": 0, "cnps_sent": 0, "naks_sent": 0}).assign(dqpn=10)
+    check = cross_check(analysis, others, None)
+    assert check["run"].isna().all() and not check["ok"].any() and len(disagreements(check)) == len(check)
+    empty = cross_check(analysis, None, None)
+    assert empty.empty and list(empty.columns) == ["scope", "quantity", "capture", "run", "difference", "ok", "note"]
+
+
+def test_save_writes_every_frame(tmp_path):
+    analysis = analyze(results(tmp_path, [(T0_NS, data(WEST, EAST, 9, 0, T0_NS)),
+                                          (T0_NS + 1, control("cnp", EAST, WEST, 77))]))
+    check = cross_check(analysis, None, None)
+    written = save(analysis, check, tmp_path / "analysis")
+    assert sorted(p.name for p in written) == ["crosscheck.csv", "events.parquet", "flows.csv", "packets.parquet",
+                                               "throughput.parquet"]
+    packets = pd.read_parquet(tmp_path / "analysis" / "packets.parquet")
+    assert packets["send_ts_ns"].tolist()[0] == T0_NS and pd.isna(packets["send_ts_ns"].tolist()[1])
+
+
+def test_missing_or_unreadable_capture_is_a_clear_error(tmp_path):
+    with pytest.raises(AnalysisError, match=str(tmp_path / "capture")):
+        analyze(tmp_path)
+    (tmp_path / "capture").mkdir()
+    with pytest.raises(AnalysisError, match="capture.json"):
+        analyze(tmp_path)
+    (tmp_path / "capture" / "capture.json").write_text(json.dumps(meta()))
+    with pytest.raises(AnalysisError, match=f"no pcap for interface {INTF}"):
+        analyze(tmp_path)
+    (tmp_path / "capture" / f"{INTF}.pcap0").write_bytes(b"not a pcap at all")
+    with pytest.raises(AnalysisError, match=f"{INTF}.pcap0"):
+        analyze(tmp_path)
