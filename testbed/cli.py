@@ -224,7 +224,7 @@ def cmd_run(args, argv: list[str]) -> int:
                          "e.g. the Vagrant VM")
     inner = [sys.executable, "-m", "testbed", "run", str(_topology_arg(args.topology)),
              *_without_positional(argv, args.topology), "--out", str(out)]
-    return microvm.run(inner, rwdirs=[out], reason=reason)
+    return _run_in_microvm(inner, out, reason)
 
 
 def run_checks(topo: FabricTopo, args, out: Path) -> int:
@@ -387,7 +387,15 @@ def _rerun_in_microvm_if_needed(args, argv: list[str], out: Path) -> int | None:
         return None
     inner = [sys.executable, "-m", "testbed", *argv, "--topology", str(_topology_arg(args.topology)),
              "--out", str(out)]
-    return microvm.run(inner, rwdirs=[out], reason=reason)
+    return _run_in_microvm(inner, out, reason)
+
+
+def _run_in_microvm(inner: list[str], out: Path, reason: str) -> int:
+    """Run the command in the microVM, then draw its report here (``report.render`` says why)."""
+    status = microvm.run(inner, rwdirs=[out], reason=reason)
+    if (out / "params.json").exists():
+        report.say_report(out)
+    return status
 
 
 def _exit_status(wrong: int) -> int:
@@ -429,8 +437,8 @@ def _printer(lines: list[str]):
 def write_report(out: Path, title: str, argv: list[str], params: dict, lines: list[str], results, tables) -> None:
     """The results directory's HTML report (``testbed.html_report``), its path printed last."""
     report.save_page(out, title, " ".join(["testbed", *argv]), params, lines, results, tables)
-    report.console.print(f"results: {out}")
-    report.console.print(f"report: {report.render(out)}")
+    report.say_path("results", out)
+    report.say_report(out)
 
 
 # -- compare -----------------------------------------------------------------------------------------------
@@ -511,8 +519,8 @@ def cmd_analyze(args, argv) -> int:
         report.console.print(line, markup=False, highlight=False, soft_wrap=True)
     report.console.print(f"{len(lines)} of {len(check)} cross-checks of the capture against the run's telemetry "
                          "disagree" if lines else f"the capture agrees with the run's telemetry ({len(check)} checks)")
-    report.console.print(f"analysis: {args.results_dir.resolve() / 'analysis'}")
-    report.console.print(f"report: {report.render(args.results_dir.resolve())}")
+    report.say_path("analysis", args.results_dir.resolve() / "analysis")
+    report.say_report(args.results_dir.resolve())
     return 0
 
 

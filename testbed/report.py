@@ -10,6 +10,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from testbed import microvm
+
 console = Console()
 
 
@@ -79,16 +81,34 @@ def save_page(out_dir: Path, title: str, command: str, params: dict, nccl_lines:
         results.to_parquet(out_dir / "results.parquet", index=False)
 
 
-def render(out_dir: Path) -> Path:
-    """Plots and ``report.html`` (``testbed.html_report``), drawn in a fresh interpreter: matplotlib crashed
-    (SIGSEGV, not reproducible on its own) in a process that had just run a fabric under TCG emulation, and a
-    run's results must not depend on its pictures."""
+def say_path(label: str, path: Path) -> None:
+    """``label: path`` on one line whatever the width, so it can be copied (rich folds long lines)."""
+    console.print(f"{label}: {path}", soft_wrap=True, highlight=False, markup=False)
+
+
+def render(out_dir: Path) -> Path | None:
+    """Plots and ``report.html`` (``testbed.html_report``) drawn in a fresh interpreter, so a crash costs only
+    the pictures, never a run's results; None inside the microVM, where the host draws them once the VM exits
+    (``testbed.cli``): under TCG, after a fabric had run, every later report build in that VM died with
+    SIGSEGV in pandas' groupby (the same data drew fine in a fresh VM and natively), and drawing needs no
+    kernel anyway."""
+    if microvm.inside():
+        return None
     done = subprocess.run([sys.executable, "-X", "faulthandler", "-m", "testbed.html_report", str(out_dir)],
                           capture_output=True, text=True)
     if done.returncode != 0:
         sys.stderr.write(done.stderr)  # with faulthandler, a crash's Python stack
         raise ReportError(f"the report of {out_dir} could not be drawn (exit status {done.returncode})")
     return Path(done.stdout.strip().splitlines()[-1])
+
+
+def say_report(out_dir: Path) -> None:
+    """Draw the report and print its path, or say who draws it."""
+    path = render(out_dir)
+    if path is None:
+        console.print("report: drawn on the host once the microVM exits", highlight=False)
+    else:
+        say_path("report", path)
 
 
 class ReportError(RuntimeError):

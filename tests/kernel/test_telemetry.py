@@ -1,13 +1,13 @@
-"""Telemetry, captures, analysis and the report on live fabrics: the sampler against the kernel's own counters,
-a captured collective run against its senders and receivers, and the HTML page against its plots."""
+"""Telemetry, captures and analysis on live fabrics: the sampler against the kernel's own counters,
+a captured collective run against its senders and receivers, and the report's inputs."""
 
 import json
-import re
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
 
-from testbed import cli
 from testbed.cli import load_topology
 from testbed.network import Testbed
 from testbed.telemetry import Telemetry
@@ -19,13 +19,14 @@ ECT0 = 0b10
 
 
 def test_the_sampler_sees_the_dci_backlog_rise_and_its_marks_count_up():
-    """UDP at 1.2x a 50 Mbit/s DCI: the DCI egress queue fills to RED's range and marks; the sampled counters
-    end where the kernel's own do, and the backlog the samples show is the one the queue holds."""
-    with Testbed(load_topology("two_sites")(hosts=1, distance_km=100)) as tb:
+    """UDP at 1.2x a 10 Mbit/s DCI (low rates: little CPU for iperf3 under emulation): the DCI egress queue
+    fills to RED's range and marks; the sampled counters end where the kernel's own do, and the backlog the
+    samples show is the one the queue holds."""
+    with Testbed(load_topology("two_sites")(hosts=1, distance_km=100, host_bw_mbps=20, dci_bw_mbps=10)) as tb:
         egress = tb.egress("westb", "eastb")
         src, dst = tb.hosts("west")[0], tb.hosts("east")[0]
         with Telemetry(tb) as telemetry:
-            iperf_udp(src, dst, mbps=60, seconds=2, length=8972, tos=ECT0)
+            iperf_udp(src, dst, mbps=12, seconds=2, length=8972, tos=ECT0)
         after = egress.stats()
         kmin = egress.shape.ecn_kmin_bytes
     queues = telemetry.frames()["queues"]
@@ -43,23 +44,27 @@ def test_the_sampler_sees_the_dci_backlog_rise_and_its_marks_count_up():
     assert dci.dci.eq("west-east").all() and len(dci) >= 20  # a 2 s load at 10 ms
     links = telemetry.frames()["links"]
     west_dci = links[links.intf == egress.name]
-    assert west_dci.tx_bytes.iloc[-1] - west_dci.tx_bytes.iloc[0] >= 0.9 * 2 * 50e6 / 8
+    assert west_dci.tx_bytes.iloc[-1] - west_dci.tx_bytes.iloc[0] >= 0.9 * 2 * 10e6 / 8
 
 
-def test_a_captured_collective_is_reproduced_by_analyze_and_reported(tmp_path, capsys):
+def run_testbed(*args: str) -> str:
+    """Run the CLI as users do, in its own process (the kernel tests run inside the VM already)."""
+    done = subprocess.run([sys.executable, "-m", "testbed", *args], capture_output=True, text=True, timeout=1200)
+    print(done.stdout, done.stderr, sep="\n")
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_a_captured_collective_is_reproduced_by_analyze_and_reported(tmp_path):
     """The product path: ``testbed perf --capture`` then ``testbed analyze``.  Each captured flow's bytes match
     its sender's within 1 %; the CE marks and CNPs the capture shows are the ones the receivers counted; the
-    report shows every plot."""
+    report's inputs are all written."""
     out = tmp_path / "run"
-    assert cli.main(["perf", "all_reduce", "--topology", "two_sites", "--hosts", "2", "--host-bw-mbps", "20",
-                     "--dci-bw-mbps", "10", "-b", "1M", "-e", "1M", "-n", "1", "-w", "0", "--capture",
-                     "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
+    run_testbed("perf", "all_reduce", "--topology", "two_sites", "--hosts", "2", "--host-bw-mbps", "20",
+            "--dci-bw-mbps", "10", "-b", "1M", "-e", "1M", "-n", "1", "-w", "0", "--capture", "--out", str(out))
     meta = json.loads((out / "capture" / "capture.json").read_text())
     assert len(meta["interfaces"]) == 1 and set(meta["kernel_drops"].values()) == {0}, meta
-    assert cli.main(["analyze", str(out)]) == 0
-    analysed = capsys.readouterr().out
-    print(printed, analysed, sep="\n")
+    analysed = run_testbed("analyze", str(out))
 
     flows = pd.read_parquet(out / "telemetry" / "flows.parquet")
     totals = flows.groupby(["rank", "peer", "channel", "side"]).last().reset_index()
@@ -78,9 +83,11 @@ def test_a_captured_collective_is_reproduced_by_analyze_and_reported(tmp_path, c
     flow_rows = check[~check.scope.str.contains(" queue ") & check.quantity.isin(["ip_bytes", "ce_packets", "cnps"])]
     assert len(flow_rows) == 6 and flow_rows.ok.all(), flow_rows.to_string()
 
-    report = out / "report.html"
-    assert f"report: {report}" in analysed
-    html = report.read_text()
-    plots = sorted(p.name for p in (out / "plots").glob("*.png"))
-    assert {"dci-queue-delay.png", "flow-rate.png", "busbw.png", "ce-cnp.png", "capture-throughput.png"} <= set(plots)
-    assert all(re.search(rf'href="plots/{re.escape(name)}"', html) for name in plots)
+    # inside the VM the report's inputs are written and the drawing is left to the host (report.render)
+    assert "report: drawn on the host once the microVM exits" in analysed
+    params = json.loads((out / "params.json").read_text())
+    assert params["tables"] == ["all_reduce-bound.csv"] and (out / "all_reduce-bound.csv").exists()
+    assert "# Avg bus bandwidth" in (out / "nccl-tests.txt").read_text()
+    assert list(pd.read_parquet(out / "results.parquet")["oop_wrong"]) == [0]
+    for name in ("queues", "links", "flows", "steps"):
+        assert len(pd.read_parquet(out / "telemetry" / f"{name}.parquet")) > 0, name

@@ -69,6 +69,25 @@ def test_cli_is_refused_before_a_microvm_boots(monkeypatch, capsys):
         "use a full kernel, e.g. the Vagrant VM")
 
 
+def test_a_run_in_the_microvm_gets_its_report_drawn_on_the_host(monkeypatch, capsys, tmp_path):
+    """The VM writes the results; the host draws the plots and the page once it exits, and prints the path."""
+    from testbed import cli, microvm, report
+
+    def vm_run(inner, rwdirs, reason):
+        assert "--out" in inner and rwdirs == [tmp_path]
+        report.save_page(tmp_path, "a run", "testbed perf all_reduce", {"hosts": 2}, ["# nccl-tests <line>"], None,
+                         [])
+        return 0
+
+    monkeypatch.setattr(microvm, "needed", lambda: "kernel 9.9 has no sch_netem")
+    monkeypatch.setattr(microvm, "run", vm_run)
+    monkeypatch.setattr(cli, "_require_root", lambda: None)
+    assert cli.main(["perf", "all_reduce", "--out", str(tmp_path)]) == 0
+    page = (tmp_path / "report.html").read_text()
+    assert "# nccl-tests &lt;line&gt;" in page and "hosts" in page
+    assert f"report: {tmp_path / 'report.html'}" in capsys.readouterr().out
+
+
 def test_topology_script_runs_directly_with_the_same_validation():
     result = subprocess.run([sys.executable, "topologies/two_sites.py", "--distance-km", "-1"],
                             capture_output=True, text=True, timeout=60)
