@@ -417,21 +417,13 @@ def run_sweep(tb, options, algorithm: Algorithm, out: Path, telemetry) -> tuple[
         def answered(call: dict, answers: list[dict]) -> None:
             telemetry.on_answers(call, answers)
             live.advance()
-        results = perf(tb, options, algorithm, print_line=_printer(lines), telemetry_s=telemetry.interval_s,
+        results = perf(tb, options, algorithm, print_line=report.recording(lines), telemetry_s=telemetry.interval_s,
                        on_answers=answered)
     bounds = bounds_beside(tb, options, algorithm, results)
     report.console.print(report.bound_table(options.collective, bounds))
     nccl_tests.save(nccl_tests.to_frame(results), out, options.collective)
     pd.DataFrame(bounds).to_csv(out / f"{options.collective}-bound.csv", index=False)
     return results, lines
-
-
-def _printer(lines: list[str]):
-    """A print_line for nccl-tests' output: to the console as is, and kept for the report."""
-    def show(line: str) -> None:
-        lines.append(line)
-        report.console.print(line, markup=False, highlight=False, soft_wrap=True)
-    return show
 
 
 def write_report(out: Path, title: str, argv: list[str], params: dict, lines: list[str], results, tables) -> None:
@@ -516,7 +508,7 @@ def cmd_analyze(args, argv) -> int:
     report.console.print(report.frame_table("flows in the capture", _capture_summary(result.flows)))
     lines = analysis.disagreements(check)
     for line in lines:
-        report.console.print(line, markup=False, highlight=False, soft_wrap=True)
+        report.say(line)
     report.console.print(f"{len(lines)} of {len(check)} cross-checks of the capture against the run's telemetry "
                          "disagree" if lines else f"the capture agrees with the run's telemetry ({len(check)} checks)")
     report.say_path("analysis", args.results_dir.resolve() / "analysis")

@@ -13,9 +13,9 @@ element with the expected one.  The rank processes start once per sweep and serv
 
 import json
 import subprocess
-from concurrent.futures import ThreadPoolExecutor, as_completed
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from testbed import nccl_tests
 from testbed.bounds import collective_bound, rank_sites

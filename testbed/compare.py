@@ -176,13 +176,6 @@ def run_comparisons(topo, options: nccl_tests.Options, algorithm: Algorithm, mod
     target_ns = None if target_queue_ms is None else round(target_queue_ms * 1e6)
     console, lines, frames = report.console, [], []
 
-    def show(line: str) -> None:
-        lines.append(line)
-        console.print(line, markup=False, highlight=False, soft_wrap=True)
-
-    def log(line: str) -> None:
-        console.print(line, markup=False, highlight=False, soft_wrap=True)
-
     total = 2 * options.measurements(len(topo.nodes_with(role="host"))) * len(modes) * (1 + len(distances))
     with console.status("building the fabric"), Testbed(topo) as tb:
         with console.status("probing the fabric: RTT and bottleneck rate between every pair of sites"):
@@ -191,7 +184,8 @@ def run_comparisons(topo, options: nccl_tests.Options, algorithm: Algorithm, mod
         with observing(tb, out, observe, algorithm.nchannels) as telemetry, \
                 LiveView(console, telemetry, total, "compare") as live:
             def run(paths: list[SitePath], tag: str) -> Comparison:
-                return compare(tb, options, modes, algorithm, target_ns, paths, show, log, telemetry, tag,
+                return compare(tb, options, modes, algorithm, target_ns, paths, report.recording(lines), report.say,
+                               telemetry, tag,
                                on_answers=lambda call, answers: live.advance())
 
             comparison = run(paths, "")

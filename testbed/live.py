@@ -31,8 +31,8 @@ class LiveView:
         if self.shown:
             self.live.stop()
 
-    def advance(self, description: str | None = None) -> None:
-        self.progress.update(self.task, advance=1, **({"description": description} if description else {}))
+    def advance(self) -> None:
+        self.progress.update(self.task, advance=1)
 
     def _render(self):
         table = compact_table("DCI egress, last sample", ("egress", "util", "queue ms", "marks/s", "drops/s"))

@@ -29,7 +29,7 @@ def _verdict(ok: bool) -> str:
 
 def rtt_table(rows: list[dict]) -> Table:
     table = compact_table("RTT between sites, ms (expected = propagation + fixed cost at 20 km)",
-                   ("sites", "propag.", "fixed", "expected", "min", "avg", "max", "error", "rx", ""))
+                          ("sites", "propag.", "fixed", "expected", "min", "avg", "max", "error", "rx", ""))
     for r in rows:
         table.add_row(f"{r['src_site']}-{r['dst_site']}", f"{r['expected_ms']:.3f}", f"{r['fixed_ms']:.3f}",
                       f"{r['expected_ms'] + r['fixed_ms']:.3f}", f"{r['min_ms']:.3f}", f"{r['avg_ms']:.2f}",
@@ -40,7 +40,7 @@ def rtt_table(rows: list[dict]) -> Table:
 
 def rate_table(rows: list[dict]) -> Table:
     table = compact_table("DCI rate, Mbit/s (iperf3 UDP goodput at 1.2x offered load)",
-                   ("dci", "path", "link", "expected", "measured", "error", "reordered", ""))
+                          ("dci", "path", "link", "expected", "measured", "error", "reordered", ""))
     for r in rows:
         table.add_row(r["dci"], f"{r['src']}->{r['dst']}", f"{r['configured_mbps']:g}",
                       f"{r['expected_mbps']:.2f}", f"{r['measured_mbps']:.2f}", f"{r['error_pct']:+.1f} %",
@@ -81,9 +81,22 @@ def save_page(out_dir: Path, title: str, command: str, params: dict, nccl_lines:
         results.to_parquet(out_dir / "results.parquet", index=False)
 
 
+def say(line: str) -> None:
+    """``line`` as it is: no markup, no highlighting, never folded (nccl-tests rows, paths to copy)."""
+    console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def recording(lines: list[str]):
+    """A ``print_line`` that says each line and keeps it in ``lines`` (for the report's nccl-tests text)."""
+    def say_and_keep(line: str) -> None:
+        lines.append(line)
+        say(line)
+    return say_and_keep
+
+
 def say_path(label: str, path: Path) -> None:
-    """``label: path`` on one line whatever the width, so it can be copied (rich folds long lines)."""
-    console.print(f"{label}: {path}", soft_wrap=True, highlight=False, markup=False)
+    """``label: path`` on one line whatever the width, so it can be copied."""
+    say(f"{label}: {path}")
 
 
 def render(out_dir: Path) -> Path | None:
@@ -117,7 +130,7 @@ class ReportError(RuntimeError):
 def bound_table(collective: str, rows: list[dict]) -> Table:
     """Measured (out of place) against the analytic bound of ``testbed.bounds``, per size."""
     table = compact_table(f"{collective}: measured vs the bound from link rates and delays (out of place)",
-                   ("size B", "time us", "bound us", "busbw GB/s", "bound GB/s", "of bound", "limited by"))
+                          ("size B", "time us", "bound us", "busbw GB/s", "bound GB/s", "of bound", "limited by"))
     for r in rows:
         table.add_row(str(r["size_bytes"]), f"{r['time_us']:.0f}", f"{r['bound_us']:.0f}", f"{r['busbw_gbps']:.4f}",
                       f"{r['bound_busbw_gbps']:.4f}", f"{r['of_bound_pct']:.0f} %", r["limited_by"])
@@ -127,7 +140,7 @@ def bound_table(collective: str, rows: list[dict]) -> Table:
 def discovery_table(paths: list) -> Table:
     """What the fabric controller's probes found between sites."""
     table = compact_table("paths the controller measured (probes, not the topology file)",
-                   ("from", "to", "border RTT ms", "host RTT ms", "bottleneck Mbit/s", "DCIs"))
+                          ("from", "to", "border RTT ms", "host RTT ms", "bottleneck Mbit/s", "DCIs"))
     for p in paths:
         table.add_row(p.src_site, p.dst_site, f"{p.rtt_ms:.3f}", f"{p.host_rtt_ms:.3f}", f"{p.bottleneck_mbps:.2f}",
                       " ".join(f"{a}->{b}" for a, b in p.dcis))

@@ -129,12 +129,12 @@ class Telemetry:
             for intf, peer, dci in intfs:
                 q = queues[intf.index]
                 rate_bps = intf.shape.bw_mbps * 1e6
-                row = [t_s, self.mode, node.name, peer, intf.name, dci, rate_bps, q["backlog_bytes"],
-                       q["backlog_packets"], q["backlog_bytes"] * 8e3 / rate_bps, q["sent_bytes"], q["sent_packets"],
-                       q["drops"], q["ecn_marks"]]
-                self.queues.append(row)
+                delay_ms = q["backlog_bytes"] * 8e3 / rate_bps
+                self.queues.append([t_s, self.mode, node.name, peer, intf.name, dci, rate_bps, q["backlog_bytes"],
+                                    q["backlog_packets"], delay_ms, q["sent_bytes"], q["sent_packets"], q["drops"],
+                                    q["ecn_marks"]])
                 if dci is not None:
-                    self._update_live(node.name, peer, row)
+                    self._update_live((node.name, peer), t_s, rate_bps, delay_ms, q)
                 c = counters[intf.index]
                 self.links.append([t_s, self.mode, node.name, peer, intf.name, dci, c["tx_bytes"], c["tx_packets"],
                                    c["rx_bytes"], c["rx_packets"]])
@@ -193,15 +193,18 @@ class Telemetry:
         """Per DCI egress, over the last sample interval: utilisation, queue delay, marks and drops per second."""
         return [dict(self._live[key], egress=f"{key[0]}->{key[1]}") for key in sorted(self._live)]
 
-    def _update_live(self, node: str, peer: str, row: list) -> None:
-        t_s, rate_bps, delay_ms, sent, drops, marks = row[0], row[6], row[9], row[10], row[12], row[13]
-        before = self._previous.get((node, peer))
-        self._previous[(node, peer)] = (t_s, sent, drops, marks)
+    def _update_live(self, egress: tuple[str, str], t_s: float, rate_bps: float, delay_ms: float,
+                     queue: dict) -> None:
+        """The live view's row for ``egress``, from this sample of its queue and the one before."""
+        before = self._previous.get(egress)
+        self._previous[egress] = (t_s, queue)
         if before is None or t_s <= before[0]:
             return
-        dt = t_s - before[0]
-        self._live[(node, peer)] = {"util_pct": 100 * (sent - before[1]) * 8 / dt / rate_bps, "queue_ms": delay_ms,
-                                    "drops_per_s": (drops - before[2]) / dt, "marks_per_s": (marks - before[3]) / dt}
+        dt, earlier = t_s - before[0], before[1]
+        self._live[egress] = {"util_pct": 100 * (queue["sent_bytes"] - earlier["sent_bytes"]) * 8 / dt / rate_bps,
+                              "queue_ms": delay_ms,
+                              "drops_per_s": (queue["drops"] - earlier["drops"]) / dt,
+                              "marks_per_s": (queue["ecn_marks"] - earlier["ecn_marks"]) / dt}
 
 
 def _peer(intf) -> str:
