@@ -4,6 +4,7 @@
 give each ``addLink`` a ``config=LinkConfig(...)``; both interfaces then get the qdisc tree of
 ``testbed.qdisc`` on their egress.  Unlike TCLink, every impairment of a live link can be changed and reset
 to zero (``link.set(loss_pct=0)``) and its counters read back as plain data (``link.stats()``).
+``link.pin_neighbours()`` makes each end's ARP entry for the other permanent, so no ARP ever crosses a link.
 """
 
 import time
@@ -11,6 +12,7 @@ from dataclasses import replace
 
 from mininet.link import Intf, Link
 from pyroute2 import IPRoute
+from pyroute2.netlink.rtnl.ndmsg import states as neighbour_states
 
 from testbed import qdisc
 from testbed.fabric import LinkConfig
@@ -76,6 +78,19 @@ class ShapedLink(Link):
         """Change the link in both directions (e.g. ``set(loss_pct=1)``, later ``set(loss_pct=0)``)."""
         self.intf1.set(**changes)
         return self.intf2.set(**changes)
+
+    def pin_neighbours(self) -> None:
+        """Give each end a permanent neighbour entry for the other, like Mininet's ``staticArp`` per link.
+
+        A fabric's switches carry ARP in a control-plane priority class; here it would share the shaped data
+        queue, where RED drops what is not ECN-capable.  A congested DCI direction therefore lost the replies
+        to the other border's ARP probes, that border's entry failed, and every ACK and CNP sent back across
+        the link died there (0 of 400 CNPs reached a DCQCN sender in one run).
+        """
+        for intf, peer in ((self.intf1, self.intf2), (self.intf2, self.intf1)):
+            mac = netlink(peer.node).get_links(peer.index)[0].get_attr("IFLA_ADDRESS")
+            netlink(intf.node).neigh("replace", dst=peer.IP(), lladdr=mac, ifindex=intf.index,
+                                     state=neighbour_states["permanent"])
 
     def stats(self) -> list[dict]:
         """Per direction: which node sends, and the counters of its egress tree."""

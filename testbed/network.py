@@ -72,6 +72,8 @@ class Testbed:
                                waitConnected=False)
             cleanup.pin({node.name: node.pid for node in self.net.hosts})
             self.net.start()
+            for link in self.net.links:
+                link.pin_neighbours()
             routes = compute_routes(self.graph)
             for node in self.net.hosts:
                 install_routes(netlink(node), routes[node.name])

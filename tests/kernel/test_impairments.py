@@ -27,15 +27,14 @@ def test_loss_drops_packets_and_resetting_to_zero_stops_the_drops(two_sites):
 
     def pings_and_drops() -> tuple[int, int]:
         before = [end.stats()["netem_drops"] for end in ends]
-        result = ping(src, dst, count=500, interval_s=0.005, warmup=False)
+        result = ping(src, dst, count=500, interval_s=0.005)
         return result["sent"] - result["received"], sum(e.stats()["netem_drops"] - b for e, b in zip(ends, before))
 
-    ping(src, dst, count=1)  # resolve ARP on every hop before the link gets lossy
     try:
         link.set(loss_pct=10)
         lost, dropped = pings_and_drops()
         assert 0.10 < lost / 500 < 0.30, lost  # 1 - 0.9**2 = 19 % of round trips
-        assert lost <= dropped <= lost + 4  # besides pings, only the borders' ARP refreshes cross the DCI
+        assert dropped == lost  # nothing but the pings crosses the DCI: neighbours are pinned, no ARP
         link.set(loss_pct=0)
         assert pings_and_drops() == (0, 0)
     finally:
@@ -81,7 +80,6 @@ def test_burst_loss_keeps_the_average_loses_in_runs_and_resets_live(two_sites):
         runs = lost_runs(src, dst, count, interval_s=0.003)
         return runs, *(end.stats()["netem_drops"] - b for end, b in zip((west, east), before))
 
-    ping(src, dst, count=1)  # resolve ARP on every hop before the link gets lossy
     try:
         west.set(loss_pct=5, loss_burst_pkts=4)
         assert held() == (0, pytest.approx({"p": 100 / 76, "r": 25, "h": 0, "k1": 0}))  # p = r * 0.05 / 0.95
@@ -90,7 +88,7 @@ def test_burst_loss_keeps_the_average_loses_in_runs_and_resets_live(two_sites):
         print(f"burst loss: {lost / 5000:.2%} of 5000 in {len(runs)} runs, mean {mean_run:.2f}, max {max(runs)}")
         assert abs(lost / 5000 - 0.05) <= 4.5 * gilbert_loss_sd(5000, 0.05, 4), runs
         assert abs(mean_run - 4) <= 4.5 * math.sqrt(0.75 * 4**2 / len(runs)), runs
-        assert lost <= west_drops <= lost + 4 and east_drops == 0  # only ARP refreshes cross besides pings
+        assert west_drops == lost and east_drops == 0  # only the pings cross: neighbours are pinned, no ARP
 
         west.set(loss_burst_pkts=0)  # the same 5 %, independent again
         assert held() == (pytest.approx(5), None)

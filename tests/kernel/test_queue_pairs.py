@@ -12,16 +12,16 @@ import time
 
 import numpy as np
 import pytest
+from pyroute2.netlink.rtnl.ndmsg import states as neighbour_states
 
 from controllers.dcqcn import Dcqcn, DcqcnParams
 from controllers.fixed_rate import FixedRate
 from testbed.capture import Capture
-from testbed.link import wait_drained
+from testbed.link import netlink, wait_drained
 from testbed.nic import run
 from testbed.queue_pair import connect, exchange, line_rate_bps
 from testbed.rocev2 import data_capacity
 from testbed.transport import TransportConfig
-from testbed.verify import ping
 
 pytestmark = pytest.mark.kernel
 
@@ -39,10 +39,8 @@ def packets_for(messages: list, mtu: int = TransportConfig().mtu) -> int:
 
 
 def hosts(tb, index: int):
-    """West and east host ``index``, with ARP resolved on the path (a first UDP burst must not meet it)."""
-    west, east = tb.hosts("west")[index], tb.hosts("east")[index]
-    ping(west, east, count=1)
-    return west, east
+    """West and east host ``index``."""
+    return tb.hosts("west")[index], tb.hosts("east")[index]
 
 
 def min_rtt_ms(qp) -> float:
@@ -53,7 +51,6 @@ def min_rtt_ms(qp) -> float:
 def test_an_intra_site_and_a_cross_site_flow_deliver_intact_data_at_the_same_time(two_sites):
     west, east = hosts(two_sites, 0)
     source, neighbour = two_sites.hosts("west")[2:4]
-    ping(source, neighbour, count=1)
     array = (np.arange(300_000, dtype=np.float32) / 7).reshape(600, 500)
     messages = payloads(0, 1, 4075, 4076, 4077, 1_000_000)
     with connect(two_sites, source, neighbour, cc=FixedRate(FLOW_BPS / 2)) as local, \
@@ -128,6 +125,39 @@ def test_a_dci_outage_of_two_seconds_is_ridden_out(two_sites):
           f" {stats['timeouts']} timeouts, {stats['retransmitted_packets']} retransmissions")
     assert stats["timeouts"] >= 2 and stats["retransmitted_packets"] > 0
     assert stats["rx_messages"] == 2 and stats["rx_packets"] == packets_for([before, during])
+
+
+def forget_learned_neighbours(intf) -> int:
+    """Delete what ``intf``'s node learnt by ARP on it, as if its entries had expired; how many there were."""
+    ipr = netlink(intf.node)
+    learned = [entry.get_attr("NDA_DST") for entry in ipr.neigh("dump", ifindex=intf.index)
+               if entry["state"] != neighbour_states["permanent"]]
+    for address in learned:
+        ipr.neigh("del", dst=address, ifindex=intf.index)
+    return len(learned)
+
+
+def test_data_crosses_the_dci_while_the_other_direction_drops_everything(two_sites):
+    """The east border forgets what ARP taught it about the west border, then west -> east drops every packet:
+    data east -> west still arrives, because neighbours are pinned.  With ARP, the west border's reply would
+    die on the way and the east border would drop the data (as it dropped ACKs and CNPs behind a full queue).
+    """
+    west, east = two_sites.hosts("west")[1], two_sites.hosts("east")[1]
+    back = two_sites.egress("westb", "eastb")
+    forgotten = forget_learned_neighbours(two_sites.egress("eastb", "westb"))
+    message = payloads(100_000, seed=11)[0]
+    back.set(loss_pct=100)
+    try:
+        with connect(two_sites, east, west, cc=FixedRate(FLOW_BPS)) as qp:
+            qp.send(message)
+            delivered = run(qp.nics, qp.receiver.has_message, timeout_s=10)
+            stats = qp.stats()
+    finally:
+        back.set(loss_pct=0)
+    print(f"{forgotten} learned neighbour entries forgotten; {stats['rx_packets']} of {stats['packets_sent']}"
+          f" packets sent arrived, {stats['acks_received']} ACKs came back")
+    assert delivered and stats["rx_bytes"] == len(message)
+    assert stats["acks_received"] == 0  # the other direction really dropped everything
 
 
 def dci_queue_during(tb, qp, seconds: float) -> tuple[list[int], dict]:
