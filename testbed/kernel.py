@@ -16,7 +16,7 @@ from testbed import netem, red
 PROBES = {
     "htb": {"default": 1},
     "netem": {"delay": 1000, "limit": 1000},
-    "red": {"limit": 400000, "min": 30000, "max": 90000, "avpkt": 1500, "ecn": True},
+    "red": {"limit": 400000, "min": 30000, "max": 90000, "ecn": True},
 }
 REQUIRED = ("netem", "red", "htb")
 

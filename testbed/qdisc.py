@@ -100,15 +100,13 @@ def htb_class_params(config: LinkConfig, mtu: int) -> dict:
     return {"rate": rate, "ceil": rate, "burst": burst, "cburst": burst, "quantum": frame_bytes(mtu)}
 
 
-def red_params(config: LinkConfig, mtu: int) -> dict:
-    """RED with ECN between Kmin and Kmax (bytes, average queue); the buffer is its hard limit."""
+def red_params(config: LinkConfig) -> dict:
+    """RED with ECN between Kmin and Kmax (bytes, instantaneous queue); the buffer is its hard limit."""
     return {
         "limit": config.buffer_bytes,
         "min": config.ecn_kmin_bytes,
         "max": config.ecn_kmax_bytes,
-        "avpkt": frame_bytes(mtu),
         "probability": config.ecn_pmax,
-        "bandwidth": rate_bytes(config),
         "ecn": True,
     }
 
@@ -119,7 +117,7 @@ def plan(config: LinkConfig, mtu: int) -> list[TcCall]:
         TcCall("netem", NETEM, None, netem_params(config)),
         TcCall("htb", HTB, "1:1", {"default": 1}),
         TcCall("htb", HTB_CLASS, HTB, htb_class_params(config, mtu), is_class=True),
-        TcCall("red", RED, HTB_CLASS, red_params(config, mtu)),
+        TcCall("red", RED, HTB_CLASS, red_params(config)),
     ]
 
 

@@ -128,6 +128,9 @@ def test_ecn_capable_traffic_above_threshold_is_marked_counted_and_captured(two_
     before = west.stats()
     with Capture(two_sites, tmp_path) as capture:  # on the west border's DCI interface: after its queue
         iperf_udp(src, dst, mbps=60, seconds=2, length=8972, tos=ECT0)  # 1.2x the 50 Mbit/s DCI
+    # RED marks the queue as it is, now empty: Not-ECT pings pass at once (an EWMA kept dropping them for 4 s)
+    after_congestion = ping(src, dst, count=20, interval_s=0.05)
+    assert after_congestion["received"] == after_congestion["sent"] == 20, after_congestion
     assert capture.kernel_drops == {west.name: 0}, capture.kernel_drops
     after = west.stats()
     marks = after["ecn_marks"] - before["ecn_marks"]

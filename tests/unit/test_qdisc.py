@@ -46,20 +46,10 @@ def test_htb_handles_rates_beyond_32_bits_and_bursts_a_millisecond():
 
 def test_red_marks_between_the_resolved_thresholds_and_drops_at_the_buffer():
     config = LinkConfig(bw_mbps=50, delay_ms=5).resolved(9000)
-    params = red_params(config, 9000)
+    params = red_params(config)
     assert (params["min"], params["max"], params["limit"]) == (
         config.ecn_kmin_bytes, config.ecn_kmax_bytes, config.buffer_bytes)
     assert params["ecn"] is True and params["probability"] == config.ecn_pmax
-
-
-def iproute2_wlog(qmin: int, burst: int, avpkt: int) -> int:
-    """iproute2's tc_red_eval_ewma (tc/tc_red.c), ported line by line as an independent reference."""
-    a, w = burst + 1 - qmin / avpkt, 0.5
-    for wlog in range(1, 32):
-        if a <= (1 - (1 - w) ** burst) / w:
-            return wlog
-        w /= 2
-    return -1
 
 
 def iproute2_plog(qmin: int, qmax: int, probability: float) -> int:
@@ -72,14 +62,14 @@ def iproute2_plog(qmin: int, qmax: int, probability: float) -> int:
     return -1
 
 
-def test_red_encoder_follows_iproute2_and_rejects_impossible_thresholds():
-    options = red.get_parameters({"limit": 400_000, "min": 30_000, "max": 90_000, "avpkt": 1500,
-                                  "probability": 0.02, "bandwidth": 10**7, "ecn": True})
+def test_red_marks_the_instantaneous_queue_follows_iproute2_and_rejects_impossible_thresholds():
+    """Wlog 0: the average is the backlog each packet finds, and any idle period resets it to 0."""
+    options = red.get_parameters({"limit": 400_000, "min": 30_000, "max": 90_000, "probability": 0.02,
+                                  "ecn": True})
     attrs = dict(options["attrs"])
     qopt = attrs["TCA_RED_PARMS"]
     assert (qopt["limit"], qopt["qth_min"], qopt["qth_max"], qopt["flags"]) == (400_000, 30_000, 90_000, 1)
-    burst = (2 * 30_000 + 90_000) // (3 * 1500)  # tc's default burst
-    assert qopt["Wlog"] == iproute2_wlog(30_000, burst, 1500) == 4
+    assert qopt["Wlog"] == 0 and set(attrs["TCA_RED_STAB"]) == {31}
     assert qopt["Plog"] == iproute2_plog(30_000, 90_000, 0.02) == 22
     assert attrs["TCA_RED_MAX_P"] == int(0.02 * 2**32) and len(attrs["TCA_RED_STAB"]) == 256
     with pytest.raises(ValueError, match="min 90000 must be > 0 and below max 30000"):
