@@ -142,7 +142,7 @@ def test_data_crosses_the_dci_while_the_other_direction_drops_everything(two_sit
     data east -> west still arrives, because neighbours are pinned.  With ARP, the west border's reply would
     die on the way and the east border would drop the data (as it dropped ACKs and CNPs behind a full queue).
     """
-    west, east = two_sites.hosts("west")[1], two_sites.hosts("east")[1]
+    west, east = hosts(two_sites, 1)
     back = two_sites.egress("westb", "eastb")
     forgotten = forget_learned_neighbours(two_sites.egress("eastb", "westb"))
     message = payloads(100_000, seed=11)[0]
