@@ -43,8 +43,9 @@ their ratio to real propagation delays stays too.  But DCQCN's balance also rest
 40 Gbit/s the 300 us increase timer spans ~370 packets of 4 KB and CNPs come at most every ~60, so under
 persistent marking cuts outpace recovery.  At 10 Mbit/s a 4 KB packet takes 3.3 ms: a CNP per marked
 packet at most, and ~11 increase steps between two CNPs, so the rate climbs back before every cut and the
-queue keeps growing.  ``stretched(factor)`` multiplies every time knob; ``stretched(40e9 / line_rate)``
-restores the packet counts of the 40 Gbit/s design (a NIC's DCQCN, seen in packets), at the price of
+queue keeps growing.  ``stretched(factor)`` multiplies every time knob and the byte counter (whose events
+are as far apart in time as rp_byte_reset takes to send); ``stretched(40e9 / line_rate)`` restores the
+packet counts of the 40 Gbit/s design (a NIC's DCQCN, seen in packets), at the price of
 making the emulated propagation delays that much shorter relative to its timers.  Which ratio to keep is
 a modelling choice; the distance-adaptive controller derives its times from the measured path instead.
 """
@@ -98,11 +99,17 @@ class DcqcnParams:
                        rp_byte_reset_bytes=max(1, round(self.rp_byte_reset_bytes * scale)))
 
     def stretched(self, factor: float) -> "DcqcnParams":
-        """These parameters with every time knob multiplied by ``factor`` (see the module docstring)."""
+        """These parameters with every time knob and the byte counter multiplied by ``factor``.
+
+        The byte counter is a clock too: at a given rate its events come every rp_byte_reset / rate.  Kept
+        at its rate-scaled size while the times stretch, it fell below one packet at 10 Mbit/s (2.5 KB) and
+        fired on every packet sent: five packets of fast recovery after each cut (see the module docstring).
+        """
         if not (math.isfinite(factor) and factor > 0):
             raise ValueError(f"factor must be a positive finite number, got {factor}")
-        return replace(self, **{item.name: round(getattr(self, item.name) * factor)
-                                for item in fields(self) if item.name.endswith("_ns")})
+        stretched = {item.name: round(getattr(self, item.name) * factor)
+                     for item in fields(self) if item.name.endswith("_ns")}
+        return replace(self, **stretched, rp_byte_reset_bytes=max(1, round(self.rp_byte_reset_bytes * factor)))
 
 
 class Dcqcn(CongestionControl):

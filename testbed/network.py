@@ -10,32 +10,21 @@ Each host gets a software RoCE NIC (``testbed.nic``) on first use: a UDP socket 
 address, made in the host's namespace and owned by this process, closed with the fabric.
 
 Teardown runs on normal exit, on exceptions, on Ctrl-C and on SIGTERM/SIGHUP (turned into
-KeyboardInterrupt so ``finally`` blocks run); a ``kill -9`` leaves the record that ``testbed clean`` sweeps.
+KeyboardInterrupt so ``finally`` blocks run, see ``testbed.interrupts``); a ``kill -9`` leaves the record
+that ``testbed clean`` sweeps.
 """
 
-import functools
 import os
-import signal
 
 from mininet.log import setLogLevel
 from mininet.net import Mininet
 
 from testbed import cleanup
+from testbed.interrupts import InterruptGuard
 from testbed.link import ShapedIntf, ShapedLink, close_netlink, netlink
 from testbed.nic import Nic
 from testbed.routing import compute_routes, fabric_graph, install_routes
 from testbed.topo import FabricTopo
-
-
-def _interrupt(owner: int, signum: int, _frame) -> None:
-    """SIGTERM/SIGHUP become KeyboardInterrupt in the process that built the fabric, so teardown runs.
-
-    pyroute2 opens namespace sockets in forked children and ends them with SIGTERM; such a child inherits
-    this handler and must simply exit, never unwind into (and run) the parent's teardown.
-    """
-    if os.getpid() != owner:
-        os._exit(128 + signum)
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 class Testbed:
@@ -49,7 +38,7 @@ class Testbed:
         self.net: Mininet | None = None
         self._record = None
         self._owner = os.getpid()
-        self._saved_handlers: dict = {}
+        self._interrupts = InterruptGuard()
         self._nics: dict[str, Nic] = {}
         setLogLevel(log_level)
 
@@ -64,8 +53,7 @@ class Testbed:
             raise RuntimeError(f"a fabric is already running in this process ({cleanup.record_path()}): "
                                "stop it before starting another (node names and records are per process)")
         self._owner = os.getpid()
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            self._saved_handlers[sig] = signal.signal(sig, functools.partial(_interrupt, self._owner))
+        self._interrupts.install()
         self._record = cleanup.record(list(self.topo.nodes()))
         try:
             self.net = Mininet(topo=self.topo, link=ShapedLink, controller=None, autoSetMacs=True,
@@ -105,9 +93,7 @@ class Testbed:
             if self._record is not None:
                 cleanup.sweep(self._record)
                 self._record = None
-            for sig, handler in self._saved_handlers.items():
-                signal.signal(sig, handler)
-            self._saved_handlers.clear()
+            self._interrupts.restore()
 
     # -- access ------------------------------------------------------------------------------------------
 

@@ -219,13 +219,16 @@ def test_scaled_to_scales_rates_and_byte_counter_and_keeps_times():
         DcqcnParams().scaled_to(0)
 
 
-def test_stretched_multiplies_every_time_knob_and_nothing_else():
+def test_stretched_multiplies_every_time_knob_and_the_byte_counter_and_nothing_else():
+    """Scaled to 10 Mbit/s and stretched by 40 Gbit/s / 10 Mbit/s, the byte counter is the NIC's 10 MB
+    again: as many packets per increase event as at 40 Gbit/s."""
     base = DcqcnParams().scaled_to(10e6)
     stretched = base.stretched(4000)
     assert (stretched.rp_time_reset_ns, stretched.rp_dce_tcp_rtt_ns, stretched.np_min_time_between_cnps_ns,
             stretched.rp_rate_reduce_monitor_period_ns) == (4000 * T, 4000 * K, 4000 * 50 * US, 4000 * 4 * US)
+    assert base.rp_byte_reset_bytes == 2_500 and stretched.rp_byte_reset_bytes == B == 10_000_000
     assert dataclasses.replace(stretched, rp_time_reset_ns=T, rp_dce_tcp_rtt_ns=K, np_min_time_between_cnps_ns=50 * US,
-                               rp_rate_reduce_monitor_period_ns=4 * US) == base
+                               rp_rate_reduce_monitor_period_ns=4 * US, rp_byte_reset_bytes=2_500) == base
     with pytest.raises(ValueError, match="factor must be a positive finite number, got 0"):
         base.stretched(0)
 
