@@ -45,13 +45,18 @@ def dci_hops(tb, src: str, dst: str) -> tuple[tuple[str, str], ...]:
     return tuple((a, b) for a, b in zip(path, path[1:]) if tb.graph[a][b]["dci"])
 
 
+def border_rtt_ms(tb, hops: tuple[tuple[str, str], ...]) -> float:
+    """The minimum of ``RTT_PROBES`` pings from the first border of ``hops`` to the last one's DCI address."""
+    last_border = hops[-1][1]
+    border_address = tb.graph[hops[-1][0]][last_border]["addr"][last_border]
+    return ping(tb.node(hops[0][0]), border_address, count=RTT_PROBES)["min_ms"]
+
+
 def probe_site_pair(tb, src_site: str, dst_site: str) -> SitePath:
     """Probe the path from ``src_site`` to ``dst_site``: border RTT, host RTT, bottleneck rate."""
     src_host, dst_host = tb.hosts(src_site)[0], tb.hosts(dst_site)[0]
     hops = dci_hops(tb, src_host.name, dst_host.name)
-    first_border, last_border = hops[0][0], hops[-1][1]
-    border_address = tb.graph[hops[-1][0]][last_border]["addr"][last_border]
-    border_rtt = ping(tb.node(first_border), border_address, count=RTT_PROBES)["min_ms"]
+    border_rtt = border_rtt_ms(tb, hops)
     host_rtt = ping(src_host, dst_host, count=RTT_PROBES)["min_ms"]
     mtu = tb.topo.fabric.mtu
     payload = mtu - IPV4_HEADER_BYTES - UDP_HEADER_BYTES
