@@ -12,7 +12,9 @@ to it; a retransmission timeout (RFC 6298, ``testbed.rto``) rewinds to the oldes
 With ``TransportConfig.selective_repeat`` (the receiver then buffers out-of-order packets) a NAK or a
 timeout resends only the one missing packet, ahead of new data, and sending carries on where it was.
 RTT samples come from the send time of the newest packet an ACK covers, skipping retransmitted packets
-(Karn).
+(Karn) and packets sent before the latest retransmission: with selective repeat the receiver holds those
+until the hole fills, so their ACK times the recovery, not the path (a lost repair's RTO of 500 ms once
+became a 300 ms "RTT" on loopback, and every later timeout grew with it).
 
 The congestion control sees every event: ``on_send`` per packet (UDP payload bytes), ``on_ack``,
 ``on_cnp``, ``on_loss`` per NAK, ``on_timeout`` per RTO and ``on_timer`` when its timer is due.
@@ -70,6 +72,7 @@ class Sender(QueuePairEnd):
         self._pacer = Pacer()
         self._rtt = RttEstimator(config.initial_rto_ns, config.min_rto_ns, config.max_rto_ns)
         self._rto_due_ns: int | None = None
+        self._last_retransmit_ns = 0  # packets sent before it give no RTT sample (see the module docstring)
         self._segments: collections.deque[_Segment] = collections.deque()  # from the oldest unacknowledged
         self._messages: dict[int, bytes] = {}
         # absolute segment indices: oldest unacknowledged, next to send, one past the highest ever sent, queued
@@ -191,6 +194,7 @@ class Sender(QueuePairEnd):
             self.counters["send_errors"] += 1
         if index < self._highest:
             segment.retransmitted = True
+            self._last_retransmit_ns = now_ns
             self.counters["retransmitted_packets"] += 1
         self._highest = max(self._highest, index + 1)
         segment.sent_ns = now_ns
@@ -240,7 +244,8 @@ class Sender(QueuePairEnd):
             segment = self._segments.popleft()
             self._una += 1
             acked_bytes += segment.size
-            rtt_ns = None if segment.retransmitted else now_ns - segment.sent_ns
+            timed = not segment.retransmitted and segment.sent_ns > self._last_retransmit_ns
+            rtt_ns = now_ns - segment.sent_ns if timed else None
             if segment.last:
                 del self._messages[segment.msg_id]
                 self.counters["messages_acked"] += 1

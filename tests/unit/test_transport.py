@@ -210,8 +210,12 @@ def test_selective_repeat_recovers_a_burst_hole_by_hole_and_a_lost_repair_by_tim
         faults = inject(sender, lambda n, first, repeat: "drop" if first in burst or repeat == 0 else "pass")
         assert transfer(sender, receiver, messages) == messages
         check_accounting(sender, receiver, faults, unique)
+        stats = sender.stats()
     assert sender.counters["retransmitted_packets"] == len(burst) + 1 and sender.counters["timeouts"] == 1
     assert receiver.counters["naks_sent"] == len(burst)  # one per hole; the lost repair's hole was NAKed already
+    # the packets buffered behind the holes waited out the RTO at the receiver: their ACK is no RTT sample
+    # (it made srtt 272 ms and the RTO 467 ms on loopback, and every later timeout that much longer)
+    assert stats["rtt_samples"] > 0 and stats["srtt_ns"] < 50_000_000 and stats["rto_ns"] == CONFIG.min_rto_ns
 
 
 def test_duplicates_are_dropped_and_reacked():
