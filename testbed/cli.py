@@ -257,9 +257,7 @@ def run_checks(topo: FabricTopo, args, out: Path) -> int:
         frame = nccl_tests.to_frame(sweep).assign(mode="") if sweep else None
         write_report(out, f"testbed run {args.topology}", args.argv, params, lines, frame, tables)
         if args.cli:
-            from mininet.cli import CLI
-
-            CLI(tb.net)
+            tb.cli()
     off = [r for rows in results.values() for r in rows if not r["ok"]]
     if off:
         print(f"testbed: {len(off)} check(s) outside tolerance (see the tables above)", file=sys.stderr)

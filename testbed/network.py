@@ -10,8 +10,8 @@ Each host gets a software RoCE NIC (``testbed.nic``) on first use: a UDP socket 
 address, made in the host's namespace and owned by this process, closed with the fabric.
 
 Teardown runs on normal exit, on exceptions, on Ctrl-C and on SIGTERM/SIGHUP (turned into
-KeyboardInterrupt so ``finally`` blocks run, see ``testbed.interrupts``); a ``kill -9`` leaves the record
-that ``testbed clean`` sweeps.
+KeyboardInterrupt so ``finally`` blocks run; one that Python or a library loses is sent again, see
+``testbed.interrupts``); a ``kill -9`` leaves the record that ``testbed clean`` sweeps.
 """
 
 import os
@@ -94,6 +94,14 @@ class Testbed:
                 cleanup.sweep(self._record)
                 self._record = None
             self._interrupts.restore()
+
+    def cli(self) -> None:
+        """Mininet's CLI on this fabric.  It catches Ctrl-C itself, to stop the command it runs, so a Ctrl-C
+        it handled is not sent again."""
+        from mininet.cli import CLI
+
+        with self._interrupts.suspended():
+            CLI(self.net)
 
     # -- access ------------------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Interrupts reach the fabric's owner as KeyboardInterrupt, even when Python had to drop one (native).
+"""Interrupts reach the fabric's owner as KeyboardInterrupt, even when Python or a library lost one (native).
 
 Each case runs in its own interpreter: at-fork hooks cannot be unregistered, and signals are per process.
 """
@@ -46,6 +46,47 @@ def test_a_ctrl_c_python_dropped_in_an_at_fork_hook_still_interrupts_the_run():
     assert float(guarded.stdout.split()[2]) < 2
 
 
+# Ctrl-C arrives while library code runs that swallows every exception, as pyroute2's rtnetlink parser does
+# once per message (``try: ... except: pass``).
+CTRL_C_IN_A_BARE_EXCEPT = """
+    import signal, sys, time
+    from testbed.interrupts import InterruptGuard
+
+    guard = InterruptGuard()
+    guard.install()
+
+    def parse():
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except:
+            pass
+
+    started = time.monotonic()
+    try:
+        if sys.argv[1] == "suspended":
+            with guard.suspended():
+                parse()
+        else:
+            parse()
+        time.sleep(3)
+        print("went on")
+    except KeyboardInterrupt:
+        print(f"interrupted after {time.monotonic() - started:.2f} s")
+"""
+
+
+def test_a_ctrl_c_a_library_swallowed_still_interrupts_the_run():
+    result = python(CTRL_C_IN_A_BARE_EXCEPT, "armed")
+    assert result.stdout.startswith("interrupted after "), result.stdout + result.stderr
+    assert float(result.stdout.split()[2]) < 2
+
+
+def test_a_ctrl_c_caught_on_purpose_while_suspended_is_not_sent_again():
+    """Mininet's CLI catches Ctrl-C to stop the command it runs and carries on: Testbed.cli suspends the guard."""
+    result = python(CTRL_C_IN_A_BARE_EXCEPT, "suspended")
+    assert result.stdout == "went on\n", result.stdout + result.stderr
+
+
 def test_other_dropped_exceptions_are_still_reported_as_usual():
     result = python("""
         from testbed.interrupts import InterruptGuard
@@ -69,7 +110,6 @@ def test_sigterm_and_sighup_raise_keyboard_interrupt_until_the_guard_is_restored
         from testbed.interrupts import InterruptGuard
 
         guard = InterruptGuard()
-        usual_hook = sys.unraisablehook
         guard.install()
         try:
             signal.raise_signal({int(signum)})
@@ -77,6 +117,6 @@ def test_sigterm_and_sighup_raise_keyboard_interrupt_until_the_guard_is_restored
         except KeyboardInterrupt as interrupt:
             print(interrupt)
         guard.restore()
-        print(sys.unraisablehook is usual_hook, signal.getsignal({int(signum)}) is signal.SIG_DFL)
+        print(signal.getsignal({int(signum)}) is signal.SIG_DFL, signal.getsignal(signal.SIGINT) is signal.default_int_handler)
     """)
     assert result.stdout.splitlines() == [f"signal {int(signum)}", "True True"], result.stderr
