@@ -19,6 +19,8 @@ import socket
 import struct
 from itertools import count
 
+from pyroute2 import IPRoute
+
 from testbed.qdisc import NETEM, RED
 
 NLMSG = struct.Struct("=LHHLL")  # length, type, flags, sequence, port id
@@ -50,15 +52,26 @@ NETEM_HANDLE, RED_HANDLE = _handle(NETEM), _handle(RED)
 
 class NamespaceCounters:
     """Two dumps per call on a private copy of ``ipr``'s socket (a pyroute2 IPRoute opened in the namespace):
-    the IPRoute itself must not be used meanwhile from another thread, so give the sampler its own."""
+    the IPRoute itself must not be used meanwhile from another thread, so a sampling thread takes ``of(node)``,
+    counters on a socket of their own."""
 
-    def __init__(self, ipr) -> None:
+    def __init__(self, ipr, owns_ipr: bool = False) -> None:
         self.sock = socket.socket(fileno=os.dup(ipr.fileno()))
         self.sock.setblocking(True)
         self._seq = count(1)
+        self._ipr = ipr if owns_ipr else None
+
+    @classmethod
+    def of(cls, node) -> "NamespaceCounters":
+        """Counters of ``node``'s namespace on their own netlink socket, never interleaving with the node's
+        IPRoute that configures its qdiscs meanwhile.  Open it in the main thread (pyroute2 forks to enter
+        the namespace)."""
+        return cls(IPRoute(netns=f"/proc/{node.pid}/ns/net"), owns_ipr=True)
 
     def close(self) -> None:
         self.sock.close()
+        if self._ipr is not None:
+            self._ipr.close()
 
     def read_queues(self) -> dict[int, dict]:
         """Per ifindex with the netem -> htb -> red tree: sent, backlog, drops and ECN marks."""

@@ -38,8 +38,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from pyroute2 import IPRoute
-
 from testbed.netlink_counters import NamespaceCounters
 
 DEFAULT_INTERVAL_S = 0.01
@@ -76,8 +74,7 @@ class Telemetry:
     # -- the sampler thread ------------------------------------------------------------------------------
 
     def __enter__(self) -> "Telemetry":
-        self._sockets = {node.name: IPRoute(netns=f"/proc/{node.pid}/ns/net") for node, _ in self._nodes}
-        self._counters = {name: NamespaceCounters(ipr) for name, ipr in self._sockets.items()}
+        self._counters = {node.name: NamespaceCounters.of(node) for node, _ in self._nodes}
         self.t0_ns = time.monotonic_ns()
         self._thread = threading.Thread(target=self._loop, name="telemetry", daemon=True)
         self._thread.start()
@@ -89,8 +86,6 @@ class Telemetry:
         self.sample()  # the final counters
         for counters in self._counters.values():
             counters.close()
-        for ipr in self._sockets.values():
-            ipr.close()
 
     def _sampled_nodes(self) -> list[tuple[object, list]]:
         """(node, its shaped interfaces) for the scope, with each interface's peer and DCI name."""
