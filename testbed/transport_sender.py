@@ -13,8 +13,8 @@ With ``TransportConfig.selective_repeat`` (the receiver then buffers out-of-orde
 timeout resends only the one missing packet, ahead of new data, and sending carries on where it was.
 RTT samples come from the send time of the newest packet an ACK covers, skipping retransmitted packets
 (Karn) and packets sent before the latest retransmission: with selective repeat the receiver holds those
-until the hole fills, so their ACK times the recovery, not the path (a lost repair's RTO of 500 ms once
-became a 300 ms "RTT" on loopback, and every later timeout grew with it).
+until the hole fills, so their ACK times the recovery, not the path (a lost repair once made srtt 275 ms
+and the RTO 467 ms on loopback, and every later timeout grew with it).
 
 The congestion control sees every event: ``on_send`` per packet (UDP payload bytes), ``on_ack``,
 ``on_cnp``, ``on_loss`` per NAK, ``on_timeout`` per RTO and ``on_timer`` when its timer is due.
