@@ -17,17 +17,20 @@ from pathlib import Path
 
 import pandas as pd
 
-from testbed import microvm, nccl_tests, report
-from testbed.cli import load_topology
-from testbed.collectives import bounds_beside, perf
-from testbed.schedules import Algorithm
+from testbed.collective import nccl_tests
+from testbed.collective.runner import bounds_beside, perf
+from testbed.collective.schedules import Algorithm
+from testbed.net import microvm
+from testbed.results.console import console
+from testbed.results.tables import frame_table
+from testbed.topologies import load_topology
 
 DEFAULT_SWEEP = "-b 64K -e 4M -f 4 -n 3 -w 1"
 
 
 def measure(distance_km: float, options: nccl_tests.Options, algorithm: Algorithm) -> list[dict]:
     """One fabric at ``distance_km``: the sweep's rows beside their bounds."""
-    from testbed.network import Testbed
+    from testbed.net.network import Testbed
 
     with Testbed(load_topology("two_sites")(distance_km=distance_km)) as tb:
         results = perf(tb, options, algorithm, print_line=lambda line: None)
@@ -72,9 +75,9 @@ def main() -> int:
         return in_vm
     rows = []
     for distance in args.distance_km:
-        with report.console.status(f"{distance:g} km: building, then the all_reduce sweep"):
+        with console.status(f"{distance:g} km: building, then the all_reduce sweep"):
             rows += measure(distance, options, algorithm)
-        report.console.print(f"{distance:g} km: done")
+        console.print(f"{distance:g} km: done")
     frame = pd.DataFrame(rows)
     shown = pd.DataFrame({"km": frame["distance_km"], "size B": frame["size_bytes"],
                           "time ms": (frame["time_us"] / 1e3).round(1),
@@ -84,12 +87,12 @@ def main() -> int:
                           "wrong": frame["wrong"]})
     where = " (microVM, TCG)" if microvm.inside() and microvm.accel() == "tcg" else ""
     title = f"all_reduce busbw, 2 sites x 4 hosts{', hierarchical' if args.hierarchical else ''}{where}"
-    report.console.print(report.frame_table(title, shown))
+    console.print(frame_table(title, shown))
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"collective_busbw-{time.strftime('%Y%m%d-%H%M%S')}"
     frame.to_csv(stem.with_suffix(".csv"), index=False)
     plot(frame, stem.with_suffix(".png"), title)
-    report.console.print(f"written: {stem}.csv, {stem}.png")
+    console.print(f"written: {stem}.csv, {stem}.png")
     return 1 if frame["wrong"].any() else 0
 
 

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from testbed import microvm, report
-from testbed.cli import load_topology
-
+from testbed.net import microvm
+from testbed.results.console import console
+from testbed.results.tables import frame_table
+from testbed.topologies import load_topology
 
 SHORT_NAMES = {"build_s": "build s", "teardown_s": "down s", "rtt_fixed_ms": "fixed ms", "rtt_min_ms": "RTT ms",
                "rtt_error_ms": "error ms", "rate_measured_mbps": "Mbit/s", "rate_error_pct": "error %"}
@@ -26,8 +27,8 @@ SHORT_NAMES = {"build_s": "build s", "teardown_s": "down s", "rtt_fixed_ms": "fi
 
 def measure(total_hosts: int, distance_km: float, seconds: float) -> dict:
     """Build, measure and tear down one fabric; one row of the table."""
-    from testbed.network import Testbed
-    from testbed.verify import measure_dci_rate, measure_rtts
+    from testbed.experiments.checks import measure_dci_rate, measure_rtts
+    from testbed.net.network import Testbed
 
     topo = load_topology("leaf_spine")(sites=2, hosts=total_hosts // 2, leaves=2, spines=2,
                                        distance_km=distance_km)
@@ -59,20 +60,20 @@ def main() -> int:
         return in_vm
     rows = []
     for total in args.hosts:
-        with report.console.status(f"{total} hosts: building and measuring"):
+        with console.status(f"{total} hosts: building and measuring"):
             rows.append(measure(total, args.distance_km, args.seconds))
-        report.console.print(f"{total} hosts: built in {rows[-1]['build_s']} s")
+        console.print(f"{total} hosts: built in {rows[-1]['build_s']} s")
     frame = pd.DataFrame(rows)
     shown = frame[["hosts", "nodes", *SHORT_NAMES]].rename(columns=SHORT_NAMES).round(2)
-    report.console.print(report.frame_table(
+    console.print(frame_table(
         f"Fabric build time and fidelity, 2 sites, {args.distance_km:g} km DCI"
         f"{' (microVM, TCG)' if microvm.inside() and microvm.accel() == 'tcg' else ''}", shown))
-    report.console.print(f"RTT expected {rows[0]['rtt_expected_ms']} ms + fixed cost (measured at 20 km); "
+    console.print(f"RTT expected {rows[0]['rtt_expected_ms']} ms + fixed cost (measured at 20 km); "
                          f"rate expected {rows[0]['rate_expected_mbps']} Mbit/s UDP goodput")
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"fabric_fidelity-{time.strftime('%Y%m%d-%H%M%S')}.csv"
     frame.to_csv(path, index=False)
-    report.console.print(f"written: {path}")
+    console.print(f"written: {path}")
     return 0
 
 

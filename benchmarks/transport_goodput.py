@@ -29,12 +29,13 @@ import pandas as pd
 from pyroute2 import IPRoute, NetlinkError, netns
 
 from controllers.fixed_rate import FixedRate
-from testbed import report
-from testbed.nic import Nic, entered
-from testbed.rocev2 import IB_MTUS, data_capacity
-from testbed.transport import TransportConfig
-from testbed.transport_receiver import Receiver
-from testbed.transport_sender import IP_UDP_HEADER_BYTES, Sender
+from testbed.results.console import console
+from testbed.results.tables import frame_table
+from testbed.roce.nic import Nic, entered
+from testbed.roce.receiver import Receiver
+from testbed.roce.rocev2 import IB_MTUS, data_capacity
+from testbed.roce.sender import IP_UDP_HEADER_BYTES, Sender
+from testbed.roce.transport import TransportConfig
 
 SENDER_IP, RECEIVER_IP, PREFIX_LEN = "10.255.0.1", "10.255.0.2", 30
 LINK_MTU = 9000  # above the largest RoCEv2 packet (IB MTU 4096 + 40 bytes of headers)
@@ -337,7 +338,7 @@ def limits(goodput: pd.DataFrame) -> str:
     text += (f").  One flow meets the 1 Gbit/s goal from IB MTU {meeting.mtu.iloc[0]} up.  " if len(meeting) else
              ").  No MTU meets the 1 Gbit/s goal.  ")
     both_us = row.tx_us_per_packet + row.rx_us_per_packet
-    return text + (f"Both ends in one process (as testbed.queue_pair runs them) share one core: an estimated "
+    return text + (f"Both ends in one process (as testbed.roce.queue_pair runs them) share one core: an estimated "
                    f"{1e3 / both_us:.0f} k packets/s, {gbps(row.payload_bytes, both_us):.2f} Gbit/s, for all "
                    f"its flows together.")
 
@@ -352,7 +353,7 @@ def goodput_table(frame: pd.DataFrame):
     shown = frame[list(GOODPUT_COLUMNS)].rename(columns=GOODPUT_COLUMNS)
     shown = shown.round({"Gbit/s": 3, "kpps": 1, "retx%": 2, "tx us": 1, "rx us": 1, "tx cpu": 0, "rx cpu": 0,
                          "tx wt": 0, "rx wt": 0})
-    return report.frame_table("Single-flow goodput over a veth pair, unpaced (CPU-bound)", shown)
+    return frame_table("Single-flow goodput over a veth pair, unpaced (CPU-bound)", shown)
 
 
 def pacing_table(frame: pd.DataFrame):
@@ -360,24 +361,24 @@ def pacing_table(frame: pd.DataFrame):
     shown = frame.assign(within=frame["within_5_pct"].map({True: "[green]yes[/]", False: "[red]no[/]"}))
     shown = shown[list(PACING_COLUMNS)].rename(columns=PACING_COLUMNS)
     shown = shown.round({"achieved": 2, "error %": 2, "tx cpu": 0, "tx wt": 0})
-    return report.frame_table(f"Pacing accuracy at IB MTU {PACING_MTU} (IP rate from send timestamps)", shown)
+    return frame_table(f"Pacing accuracy at IB MTU {PACING_MTU} (IP rate from send timestamps)", shown)
 
 
 def run(args) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every row of both tables, in one pair of namespaces."""
     cpus = two_cpus()
     if cpus is None:
-        report.console.print("only one CPU: sender and receiver share it, so each measures about half of it")
+        console.print("only one CPU: sender and receiver share it, so each measures about half of it")
     pin(cpus and cpus[0])
     goodput, pacing = [], []
     with namespaces() as ns:
         for mtu, selective_repeat in [(mtu, False) for mtu in args.mtus] + [(max(args.mtus), True)]:
             goodput.append(measure_goodput(ns, cpus, mtu, selective_repeat, args.seconds))
-            report.console.print(f"goodput, IB MTU {mtu} {goodput[-1]['recovery']}: "
+            console.print(f"goodput, IB MTU {mtu} {goodput[-1]['recovery']}: "
                                  f"{goodput[-1]['goodput_gbps']:.3f} Gbit/s")
         for rate_mbps in args.rates_mbps:
             pacing.append(measure_pacing(ns, cpus, rate_mbps * 1e6, args.seconds))
-            report.console.print(f"pacing at {rate_mbps:g} Mbit/s: {pacing[-1]['achieved_mbps']:.2f} Mbit/s")
+            console.print(f"pacing at {rate_mbps:g} Mbit/s: {pacing[-1]['achieved_mbps']:.2f} Mbit/s")
     return pd.DataFrame(goodput), pd.DataFrame(pacing)
 
 
@@ -400,18 +401,18 @@ def main() -> int:
     except KeyboardInterrupt:
         print("transport_goodput: interrupted (namespaces removed)", file=sys.stderr)
         return 130
-    report.console.print(goodput_table(goodput))
-    report.console.print("tx/rx us: CPU time (Python + kernel) per packet sent / received; cpu, wt: % of the run "
+    console.print(goodput_table(goodput))
+    console.print("tx/rx us: CPU time (Python + kernel) per packet sent / received; cpu, wt: % of the run "
                          "on a core, and runnable but waiting for one (other load); kpps: k packets/s sent")
-    report.console.print(pacing_table(pacing))
-    report.console.print(limits(goodput))
+    console.print(pacing_table(pacing))
+    console.print(limits(goodput))
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for name, frame in (("transport_goodput", goodput), ("transport_pacing", pacing)):
         path = args.out / f"{name}-{stamp}.csv"
         frame.to_csv(path, index=False)
-        report.console.print(f"written: {path}")
-    report.console.print(f"took {time.monotonic() - started:.0f} s")
+        console.print(f"written: {path}")
+    console.print(f"took {time.monotonic() - started:.0f} s")
     return 0
 
 

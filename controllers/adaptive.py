@@ -190,7 +190,11 @@ class Adaptive(Dcqcn):
     ``window_bytes`` at the larger of the two RTTs: the paced rate holds the queue, the window only stops
     it growing past a BDP if the rate is wrong for a round trip (and it must exceed the receiver's ACK
     batch, or the flow stalls between ACKs).
+
+    Spec: ``path`` (``Path``'s fields) and ``target_queue_ns`` (None: the default target).
     """
+
+    kind = "adaptive"
 
     def __init__(self, params: AdaptiveParams) -> None:
         super().__init__(params.dcqcn)
@@ -198,6 +202,10 @@ class Adaptive(Dcqcn):
         self._rc = self._rt = params.start_rate_bps
         self._min_rtt_ns: int | None = None
         self._cwnd = WINDOW_GAIN * params.cwnd_bytes
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> "Adaptive":
+        return cls(AdaptiveParams.for_path(Path(**spec["path"]), spec.get("target_queue_ns")))
 
     @property
     def cwnd_bytes(self) -> int:

@@ -1,7 +1,7 @@
 """The congestion-control interface a sender's flow drives, one algorithm per module implementing it.
 
 Units, the same everywhere: times are integer nanoseconds on the monotonic clock (``time.monotonic_ns()``,
-the clock the data packets' send timestamps use, see ``testbed.rocev2``), so intervals are exact and
+the clock the data packets' send timestamps use, see ``testbed.roce.rocev2``), so intervals are exact and
 comparable with packet timestamps; rates are bits per second (``rate_bps``); sizes are bytes.
 
 How a flow drives it: report every event as it happens (``on_send`` for each packet handed to the
@@ -10,13 +10,31 @@ retransmission timeout), call ``on_timer`` whenever the clock passes ``next_time
 fine: it then applies every expiry it missed, in order), then pace at ``rate_bps`` and,
 if ``cwnd_bytes`` is not None, keep at most that many bytes unacknowledged.  Events must come in
 non-decreasing time order.  Algorithms override only the events they react to.
+
+Each algorithm has a ``kind`` and is built from a spec, a JSON-able dict naming it (``{"kind": "dcqcn",
+"line_rate_bps": 1e8}``): what a fabric controller sends a rank process, which ``controllers.registry``
+turns back into the algorithm.  ``spec`` writes one, ``from_spec`` reads it; the other keys are the
+algorithm's own.
 """
 
 import abc
+from typing import ClassVar
 
 
 class CongestionControl(abc.ABC):
     """Sets the sending rate (and optionally a window) of one flow from the signals it sees."""
+
+    kind: ClassVar[str]  # the name specs give it; an algorithm without one is not in the registry
+
+    @classmethod
+    def spec(cls, **fields) -> dict:
+        """A spec of this algorithm with ``fields`` (JSON-able), for ``from_spec`` in another process."""
+        return {"kind": cls.kind, **fields}
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> "CongestionControl":
+        """The algorithm ``spec`` describes (its ``kind`` is this class's)."""
+        raise NotImplementedError(f"{cls.__name__} cannot be built from a spec")
 
     @property
     @abc.abstractmethod

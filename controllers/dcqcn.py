@@ -114,7 +114,12 @@ class DcqcnParams:
 
 class Dcqcn(CongestionControl):
     """DCQCN reaction point of one flow.  It reacts to CNPs only: ACKs, losses and timeouts leave the rate
-    alone, as on RoCE NICs, which recover losses by go-back-N without slowing down."""
+    alone, as on RoCE NICs, which recover losses by go-back-N without slowing down.
+
+    Spec: ``line_rate_bps`` (the defaults ``scaled_to`` it) and optionally ``stretch`` (``stretched`` by it).
+    """
+
+    kind = "dcqcn"
 
     def __init__(self, params: DcqcnParams = DcqcnParams()) -> None:
         self.params = params
@@ -123,6 +128,10 @@ class Dcqcn(CongestionControl):
         self._last_cut_ns: int | None = None  # also where alpha's decay steps are counted from
         self._timer_due_ns: int | None = None
         self._timer_events = self._byte_events = self._bytes = 0
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> "Dcqcn":
+        return cls(DcqcnParams().scaled_to(spec["line_rate_bps"]).stretched(spec.get("stretch", 1.0)))
 
     @property
     def rate_bps(self) -> float:

@@ -101,6 +101,7 @@ class QueueGovernor:
             return "pace"
         if self._kmin < self.kmin_bytes:
             self._kmin = min(self.kmin_bytes, round(self._kmin / self.step_down))
-            self._kmax = min(self.kmax_bytes, max(self._kmin + self.floor_bytes // 2, round(self._kmax / self.step_down)))
+            widened = max(self._kmin + self.floor_bytes // 2, round(self._kmax / self.step_down))
+            self._kmax = min(self.kmax_bytes, widened)
             return "ecn"
         return None

@@ -82,13 +82,22 @@ class SwiftParams:
 
 
 class Swift(CongestionControl):
-    """Swift's sender for one flow: a delay-target window, paced over the smoothed RTT."""
+    """Swift's sender for one flow: a delay-target window, paced over the smoothed RTT.
+
+    Spec: ``path`` (``controllers.adaptive.Path``'s fields) and ``target_queue_ns`` (None: the default).
+    """
+
+    kind = "swift"
 
     def __init__(self, params: SwiftParams) -> None:
         self.params = params
         self._cwnd = float(params.initial_cwnd_bytes)
         self._srtt_ns = float(params.base_rtt_ns)
         self._last_decrease_ns: int | None = None
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> "Swift":
+        return cls(SwiftParams.for_path(Path(**spec["path"]), spec.get("target_queue_ns")))
 
     @property
     def rate_bps(self) -> float:

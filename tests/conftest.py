@@ -2,7 +2,7 @@
 
 Tests marked ``kernel`` need netem and RED.  Where the running kernel has them (a Vagrant VM, a Linux
 workstation) they run here like any other test.  Where it lacks them (WSL2, Docker Desktop, our CI) this
-session boots one microVM (``testbed.microvm``) as soon as collection ends, runs exactly the selected kernel
+session boots one microVM (``testbed.net.microvm``) as soon as collection ends, runs exactly the selected kernel
 tests there with pytest while the native tests run here, and then reports each kernel test's result in its
 place, the way pytest-xdist reports its workers' tests: the inner pytest serialises every report
 (``--vm-reports``) and this one replays them, so the summary counts each test once and a failure shows the
@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from _pytest.reports import TestReport
 
-from testbed import kernel, microvm
+from testbed.net import kernel, microvm
 
 VM_TIMEOUT_S = float(os.environ.get("TESTBED_VM_TIMEOUT", 45 * 60))
 

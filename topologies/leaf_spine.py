@@ -4,7 +4,7 @@
     sudo .venv/bin/python topologies/leaf_spine.py --sites 2 --hosts 8 --leaves 4 --spines 2
 """
 
-from testbed.topo import FabricTopo
+from testbed.net.topo import FabricTopo
 
 
 class LeafSpine(FabricTopo):

@@ -5,7 +5,7 @@ Routing prefers the direct DCI link between two sites over the two-hop detour, e
 shorter in kilometres (west-south: 3000 km direct against 2500 km via east), as hop-count IGPs do.
 """
 
-from testbed.topo import FabricTopo
+from testbed.net.topo import FabricTopo
 
 
 class ThreeSites(FabricTopo):

@@ -5,7 +5,7 @@
     sudo mn --custom topologies/two_sites.py --topo two_sites ...   (Mininet's own loader works too)
 """
 
-from testbed.topo import FabricTopo
+from testbed.net.topo import FabricTopo
 
 
 class TwoSites(FabricTopo):

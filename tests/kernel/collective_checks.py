@@ -4,8 +4,8 @@ Flows are paced at a fixed 20 Mbit/s each: under TCG all ranks share two emulate
 tests check is correctness across the DCIs (with loss too), not speed.
 """
 
-from testbed.collectives import command
-from testbed.schedules import Algorithm
+from testbed.collective.runner import command
+from testbed.collective.schedules import Algorithm
 
 PACED = {"kind": "fixed", "rate_bps": 20e6}
 CHUNKED = Algorithm(nchannels=2, chunk_bytes=1024)  # several chunks per step and two rings even at 4 KB

@@ -2,8 +2,8 @@
 
 import pytest
 
-from testbed.cli import load_topology
-from testbed.network import Testbed
+from testbed.net.network import Testbed
+from testbed.topologies import load_topology
 
 
 @pytest.fixture(scope="module")

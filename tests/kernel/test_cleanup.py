@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from pyroute2 import IPRoute
 
-from testbed import cleanup
+from testbed.net import cleanup
 
 pytestmark = pytest.mark.kernel
 

@@ -7,9 +7,9 @@ element by element by the ranks, and nccl-tests' output for a sweep.
 import pytest
 from collective_checks import CHUNKED, HIERARCHICAL, PACED, wrong
 
-from testbed import nccl_tests
-from testbed.collectives import start_ranks, sweep
-from testbed.schedules import COLLECTIVES
+from testbed.collective import nccl_tests
+from testbed.collective.runner import start_ranks, sweep
+from testbed.collective.schedules import COLLECTIVES
 
 pytestmark = pytest.mark.kernel
 

@@ -3,13 +3,13 @@ DCI queue held near its target, every table and file written."""
 
 import pytest
 
-from controllers.fabric_controller import FabricController
-from testbed import nccl_tests
-from testbed.cli import COMPARE_SCENARIO, load_topology
-from testbed.compare import compare, save
-from testbed.network import Testbed
-from testbed.schedules import Algorithm, flows
-
+from testbed.collective import nccl_tests
+from testbed.collective.schedules import Algorithm, flows
+from testbed.commands.compare import COMPARE_SCENARIO
+from testbed.experiments.comparison import compare, save
+from testbed.experiments.fabric_controller import FabricController
+from testbed.net.network import Testbed
+from testbed.topologies import load_topology
 
 pytestmark = pytest.mark.kernel
 

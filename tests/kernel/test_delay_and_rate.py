@@ -2,11 +2,11 @@
 
 import pytest
 
-from testbed.cli import load_topology
-from testbed.link import netlink
-from testbed.network import Testbed
-from testbed.qdisc import read_config
-from testbed.verify import measure_dci_rate, measure_rtts
+from testbed.experiments.checks import measure_dci_rate, measure_rtts
+from testbed.net.link import netlink
+from testbed.net.network import Testbed
+from testbed.net.tc.qdisc import read_config
+from testbed.topologies import load_topology
 
 pytestmark = pytest.mark.kernel
 

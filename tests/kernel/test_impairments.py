@@ -8,10 +8,10 @@ import pytest
 from scapy.layers.inet import IP
 from scapy.utils import PcapReader
 
-from testbed.capture import Capture
-from testbed.link import netlink
-from testbed.qdisc import read_config
-from testbed.verify import iperf_udp, ping
+from testbed.experiments.probes import iperf_udp, ping
+from testbed.net.link import netlink
+from testbed.net.tc.qdisc import read_config
+from testbed.observe.capture import Capture
 
 pytestmark = pytest.mark.kernel
 
@@ -66,7 +66,6 @@ def test_burst_loss_keeps_the_average_loses_in_runs_and_resets_live(two_sites):
     geometric length, variance (1 - r) / r**2, over the runs seen).  Independent loss of 5 % gives runs of
     1 / 0.95 = 1.05 packets on average.
     """
-    link = two_sites.dci("west", "east")
     west, east = two_sites.egress("westb", "eastb"), two_sites.egress("eastb", "westb")
     src, dst = two_sites.hosts("west")[0], two_sites.hosts("east")[0]
 
@@ -122,8 +121,7 @@ def test_jitter_varies_delay_but_reorders_only_when_asked(two_sites):
 
 
 def test_ecn_capable_traffic_above_threshold_is_marked_counted_and_captured(two_sites, tmp_path):
-    link = two_sites.dci("west", "east")
-    west, east = two_sites.egress("westb", "eastb"), two_sites.egress("eastb", "westb")
+    west = two_sites.egress("westb", "eastb")
     src, dst = two_sites.hosts("west")[3], two_sites.hosts("east")[3]
     before = west.stats()
     with Capture(two_sites, tmp_path) as capture:  # on the west border's DCI interface: after its queue

@@ -16,13 +16,13 @@ from pyroute2.netlink.rtnl.ndmsg import states as neighbour_states
 
 from controllers.dcqcn import Dcqcn, DcqcnParams
 from controllers.fixed_rate import FixedRate
-from testbed.capture import Capture
-from testbed.link import netlink, wait_drained
-from testbed.netlink_counters import NamespaceCounters
-from testbed.nic import run
-from testbed.queue_pair import connect, exchange, line_rate_bps
-from testbed.rocev2 import data_capacity
-from testbed.transport import TransportConfig
+from testbed.net.link import netlink, wait_drained
+from testbed.net.netlink_counters import NamespaceCounters
+from testbed.observe.capture import Capture
+from testbed.roce.nic import run
+from testbed.roce.queue_pair import connect, exchange
+from testbed.roce.rocev2 import data_capacity
+from testbed.roce.transport import TransportConfig
 
 pytestmark = pytest.mark.kernel
 

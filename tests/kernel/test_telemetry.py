@@ -8,10 +8,10 @@ import sys
 import pandas as pd
 import pytest
 
-from testbed.cli import load_topology
-from testbed.network import Testbed
-from testbed.telemetry import Telemetry
-from testbed.verify import iperf_udp
+from testbed.experiments.probes import iperf_udp
+from testbed.net.network import Testbed
+from testbed.observe.telemetry import Telemetry
+from testbed.topologies import load_topology
 
 pytestmark = pytest.mark.kernel
 

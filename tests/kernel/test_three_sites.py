@@ -7,15 +7,15 @@ A module of its own: one fabric runs per process, and the two-site fixture lives
 import pytest
 from collective_checks import CHUNKED, HIERARCHICAL, PACED, wrong
 
-from controllers.discovery import border_rtt_ms, discover
-from controllers.fabric_controller import FabricController
-from testbed.cli import load_topology
-from testbed.collectives import start_ranks
-from testbed.network import Testbed
-from testbed.routing import path_delay_ms
-from testbed.schedules import COLLECTIVES, Algorithm, flows
-from testbed.units import propagation_delay_ms
-from testbed.verify import REFERENCE_KM, RTT_TOLERANCE_MS, RTT_TOLERANCE_PCT, dci_at_reference_distance
+from testbed.collective.runner import start_ranks
+from testbed.collective.schedules import COLLECTIVES, Algorithm, flows
+from testbed.experiments.checks import REFERENCE_KM, RTT_TOLERANCE_MS, RTT_TOLERANCE_PCT, dci_at_reference_distance
+from testbed.experiments.discovery import border_rtt_ms, discover
+from testbed.experiments.fabric_controller import FabricController
+from testbed.model.units import propagation_delay_ms
+from testbed.net.network import Testbed
+from testbed.net.routing import path_delay_ms
+from testbed.topologies import load_topology
 
 pytestmark = pytest.mark.kernel
 

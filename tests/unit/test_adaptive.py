@@ -105,7 +105,8 @@ def test_longer_paths_get_a_higher_kmax_and_kmin_stays_below_it():
 def test_a_flow_starts_throttled_at_its_share_with_its_window():
     flow = Adaptive(P)
     assert isinstance(flow, CongestionControl)
-    assert (flow.rate_bps, flow.target_rate_bps, flow.next_timer_ns, flow.cwnd_bytes) == (S, S, None, 2 * 33_308)  # twice BDP + target
+    # the window is twice BDP + target queue
+    assert (flow.rate_bps, flow.target_rate_bps, flow.next_timer_ns, flow.cwnd_bytes) == (S, S, None, 2 * 33_308)
     flow.on_send(7, FRAME)
     assert flow.next_timer_ns == 7 + RTT  # the increase timer runs from the first send
 

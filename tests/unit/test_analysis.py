@@ -1,4 +1,4 @@
-"""Capture analysis: small pcaps built here from testbed.rocev2's own packets, with known sizes, marks, PSN
+"""Capture analysis: small pcaps built here from testbed.roce.rocev2's own packets, with known sizes, marks, PSN
 orders and clocks, must come back as the counts, delays and cross-check verdicts they were built with."""
 
 import json
@@ -11,9 +11,17 @@ from scapy.all import ARP, ICMP, IP, UDP, Dot1Q, Ether, Raw, raw
 from scapy.contrib.roce import AETH, BTH
 from scapy.utils import PcapWriter
 
-from testbed.analysis import (AnalysisError, analyze, classify_psns, cross_check, decode, disagreements,
-                              read_packets, save)
-from testbed.rocev2 import CE, ECT0, ECT1, NOT_ECT, Flow, build_ack, build_cnp, build_data, build_nak
+from testbed.results.analysis import (
+    AnalysisError,
+    analyze,
+    classify_psns,
+    cross_check,
+    decode,
+    disagreements,
+    read_packets,
+    save,
+)
+from testbed.roce.rocev2 import CE, ECT0, ECT1, NOT_ECT, Flow, build_ack, build_cnp, build_data, build_nak
 
 WEST, EAST = "10.1.0.2", "10.2.0.2"
 WEST_MAC, EAST_MAC = "02:00:00:00:00:07", "02:00:00:00:00:08"  # westb-eth2's own MAC, the peer's

@@ -5,10 +5,10 @@ import math
 import networkx as nx
 import pytest
 
-from testbed.bounds import PACKET_OVERHEAD, PACKET_PAYLOAD, collective_bound, rank_sites
-from testbed.cli import load_topology
-from testbed.nccl_tests import COLLECTIVES
-from testbed.routing import fabric_graph
+from testbed.collective.bounds import PACKET_OVERHEAD, PACKET_PAYLOAD, collective_bound, rank_sites
+from testbed.collective.nccl_tests import COLLECTIVES
+from testbed.net.routing import fabric_graph
+from testbed.topologies import load_topology
 
 DCI_BYTES_PER_S = 50e6 / 8  # the two_sites DCI
 MIB = 1 << 20

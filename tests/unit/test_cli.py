@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from testbed import cleanup
+from testbed.net import cleanup
 
 
 def run_cli(*args):
@@ -26,6 +26,10 @@ def run_cli(*args):
     (["run", "--mtu", "50"], "fabric: mtu 50 must be a whole number from 1280 to 9000"),
     (["run", "--sweep", "-b 8M -e 1M"], "invalid sizes for 'minbytes' and 'maxbytes': 8388608 > 1048576"),
     (["run", "--bogus"], "unrecognized arguments: --bogus"),
+    (["run", "two_sites", "--topology", "three_sites"], "two topologies given: 'two_sites' and --topology"),
+    (["run", "--topology", "three_sites", "--distance-km", "10"], "topology ThreeSites takes no option 'distance_km'"),
+    (["run", "--reorder-pct", "5", "--delay-ms", "0"], "reorder_pct 5.0 needs a delay_ms > 0"),
+    (["compare", "three_sites"], "unrecognized arguments: three_sites"),
     (["perf", "all_reduce", "--channels", "0"], "--channels 0 must be >= 1"),
     (["perf", "all_reduce", "--chunk", "lots"], "--chunk 'lots'"),
     (["perf", "all_reduce", "-d", "complex"], "argument -d/--datatype"),
@@ -58,11 +62,13 @@ def test_bad_input_is_one_line_and_exit_2(args, message):
 
 def test_cli_is_refused_before_a_microvm_boots(monkeypatch, capsys):
     """Where the kernel cannot emulate links, --cli gets one line and exit 2, and no VM is started."""
-    from testbed import cli, microvm
+    from testbed import cli
+    from testbed.commands import options
+    from testbed.net import microvm
 
     monkeypatch.setattr(microvm, "needed", lambda: "kernel 9.9 has no sch_netem")
     monkeypatch.setattr(microvm, "run", lambda *a, **k: pytest.fail("a microVM was started"))
-    monkeypatch.setattr(cli, "_require_root", lambda: None)
+    monkeypatch.setattr(options, "require_root", lambda: None)
     assert cli.main(["run", "--cli"]) == 2
     assert capsys.readouterr().err.strip() == (
         "testbed: error: --cli needs a kernel that emulates links itself (kernel 9.9 has no sch_netem): "
@@ -71,7 +77,10 @@ def test_cli_is_refused_before_a_microvm_boots(monkeypatch, capsys):
 
 def test_a_run_in_the_microvm_gets_its_report_drawn_on_the_host(monkeypatch, capsys, tmp_path):
     """The VM writes the results; the host draws the plots and the page once it exits, and prints the path."""
-    from testbed import cli, microvm, report
+    from testbed import cli
+    from testbed.commands import options
+    from testbed.net import microvm
+    from testbed.results import report
 
     def vm_run(inner, rwdirs, reason):
         assert "--out" in inner and rwdirs == [tmp_path]
@@ -81,7 +90,7 @@ def test_a_run_in_the_microvm_gets_its_report_drawn_on_the_host(monkeypatch, cap
 
     monkeypatch.setattr(microvm, "needed", lambda: "kernel 9.9 has no sch_netem")
     monkeypatch.setattr(microvm, "run", vm_run)
-    monkeypatch.setattr(cli, "_require_root", lambda: None)
+    monkeypatch.setattr(options, "require_root", lambda: None)
     assert cli.main(["perf", "all_reduce", "--out", str(tmp_path)]) == 0
     page = (tmp_path / "report.html").read_text()
     assert "# nccl-tests &lt;line&gt;" in page and "hosts" in page

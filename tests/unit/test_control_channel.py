@@ -2,7 +2,7 @@
 
 import pytest
 
-from testbed.control_channel import ControlClient, ControlServer
+from testbed.collective.control_channel import ControlClient, ControlServer
 
 
 def test_messages_reach_the_rank_that_they_are_pushed_to_in_order_and_the_socket_goes_away():

@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from testbed.fabric import DciLink, Fabric, LinkConfig, Site, TopologyError
-from testbed.units import bdp_bytes, frame_bytes, propagation_delay_ms, tcp_goodput_mbps
+from testbed.model.fabric import DciLink, Fabric, LinkConfig, Site, TopologyError
+from testbed.model.units import bdp_bytes, frame_bytes, propagation_delay_ms, tcp_goodput_mbps
 
 
 def test_propagation_delay_is_five_microseconds_per_km():
@@ -17,10 +17,9 @@ def test_propagation_delay_is_five_microseconds_per_km():
 def test_dci_delay_derives_from_distance_unless_overridden():
     assert DciLink("a", "b", distance_km=3000).one_way_delay_ms() == pytest.approx(15.0)
     assert DciLink("a", "b", distance_km=3000, delay_ms=2.5).one_way_delay_ms() == 2.5
-    config = DciLink("a", "b", distance_km=400, bw_mbps=80, jitter_ms=0.3, loss_pct=1,
-                     loss_burst_pkts=3).link_config()
-    assert (config.delay_ms, config.bw_mbps, config.jitter_ms, config.loss_pct, config.loss_burst_pkts) == (
-        2.0, 80, 0.3, 1, 3)
+    config = DciLink("a", "b", distance_km=400, config=LinkConfig(bw_mbps=80, jitter_ms=0.3, loss_pct=1,
+                                                                   loss_burst_pkts=3)).link_config()
+    assert config == LinkConfig(bw_mbps=80, delay_ms=2.0, jitter_ms=0.3, loss_pct=1, loss_burst_pkts=3)
 
 
 def test_bdp_and_goodput_arithmetic():
@@ -41,13 +40,23 @@ def test_resolved_defaults_follow_rate_delay_and_mtu():
     assert explicit.resolved(9000) == explicit
 
 
-def two_sites(**dci) -> Fabric:
+def two_sites(distance_km=1000, delay_ms=None, bw_mbps=50.0, **link) -> Fabric:
     return Fabric(sites=[Site("west"), Site("east")],
-                  dci_links=[DciLink("west", "east", **{"distance_km": 1000, **dci})])
+                  dci_links=[DciLink("west", "east", distance_km, LinkConfig(bw_mbps=bw_mbps, **link), delay_ms)])
 
 
-def test_valid_fabric_passes():
-    two_sites().validate()
+@pytest.mark.parametrize("dci, declared", [
+    ({}, LinkConfig(bw_mbps=50.0, delay_ms=5.0)),
+    ({"distance_km": 0, "loss_pct": 100, "ecn_pmax": 1}, LinkConfig(bw_mbps=50.0, loss_pct=100, ecn_pmax=1)),
+    ({"delay_ms": 0.25, "bw_mbps": 400_000, "jitter_ms": 0.1, "reorder_pct": 1},
+     LinkConfig(bw_mbps=400_000, delay_ms=0.25, jitter_ms=0.1, reorder_pct=1)),
+])
+def test_a_valid_fabric_validates_and_keeps_what_was_declared(dci, declared):
+    """The limits themselves (0 km, 100 % loss, Pmax 1) are valid, and validation changes nothing."""
+    fabric = two_sites(**dci)
+    fabric.validate()
+    assert fabric.dci_links[0].link_config() == declared
+    assert [site.node_names()["border"] for site in fabric.sites] == [["westb"], ["eastb"]]
 
 
 @pytest.mark.parametrize("dci, message", [
@@ -71,6 +80,13 @@ def test_valid_fabric_passes():
 def test_bad_dci_values_name_the_field_and_value(dci, message):
     with pytest.raises(TopologyError, match=re.escape(message)):
         two_sites(**dci).validate()
+
+
+def test_a_dci_delay_comes_from_its_distance_not_its_config():
+    fabric = Fabric(sites=[Site("west"), Site("east")],
+                    dci_links=[DciLink("west", "east", 10, LinkConfig(bw_mbps=50, delay_ms=3))])
+    with pytest.raises(TopologyError, match="dci west-east: its delay comes from distance_km or delay_ms"):
+        fabric.validate()
 
 
 @pytest.mark.parametrize("loss_pct, burst", [(5, 4), (80, 4), (50, 1), (100, 4), (100, 1), (0, 10), (30, 0)])

@@ -14,7 +14,7 @@ import pytest
 # "Exception ignored in ..." and drops the KeyboardInterrupt.  The main code then works on for 3 s.
 CTRL_C_DURING_A_FORK = """
     import os, signal, sys, time
-    from testbed.interrupts import InterruptGuard
+    from testbed.net.interrupts import InterruptGuard
 
     guard = InterruptGuard()
     if sys.argv[1] == "guarded":
@@ -50,7 +50,7 @@ def test_a_ctrl_c_python_dropped_in_an_at_fork_hook_still_interrupts_the_run():
 # once per message (``try: ... except: pass``).
 CTRL_C_IN_A_BARE_EXCEPT = """
     import signal, sys, time
-    from testbed.interrupts import InterruptGuard
+    from testbed.net.interrupts import InterruptGuard
 
     guard = InterruptGuard()
     guard.install()
@@ -89,7 +89,7 @@ def test_a_ctrl_c_caught_on_purpose_while_suspended_is_not_sent_again():
 
 def test_other_dropped_exceptions_are_still_reported_as_usual():
     result = python("""
-        from testbed.interrupts import InterruptGuard
+        from testbed.net.interrupts import InterruptGuard
 
         class Broken:
             def __del__(self):
@@ -107,7 +107,7 @@ def test_other_dropped_exceptions_are_still_reported_as_usual():
 def test_sigterm_and_sighup_raise_keyboard_interrupt_until_the_guard_is_restored(signum):
     result = python(f"""
         import signal, sys
-        from testbed.interrupts import InterruptGuard
+        from testbed.net.interrupts import InterruptGuard
 
         guard = InterruptGuard()
         guard.install()
@@ -117,6 +117,7 @@ def test_sigterm_and_sighup_raise_keyboard_interrupt_until_the_guard_is_restored
         except KeyboardInterrupt as interrupt:
             print(interrupt)
         guard.restore()
-        print(signal.getsignal({int(signum)}) is signal.SIG_DFL, signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+        print(signal.getsignal({int(signum)}) is signal.SIG_DFL,
+              signal.getsignal(signal.SIGINT) is signal.default_int_handler)
     """)
     assert result.stdout.splitlines() == [f"signal {int(signum)}", "True True"], result.stderr

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from testbed import nccl_tests as nt
+from testbed.collective import nccl_tests as nt
 
 # A real all_reduce_perf log: 16 H100s on two nodes, `all_reduce_perf -b 8 -e 8G -f 2 -g 1`, published in
 # github.com/lessizzmore/create-a3mega-ztan-fork, file ztan-NCCL-test-result.  Lines ending in blanks are

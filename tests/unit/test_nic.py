@@ -8,11 +8,11 @@ import pytest
 from pyroute2 import IPRoute, netns
 
 from controllers.fixed_rate import FixedRate
-from testbed.nic import Nic, entered, run
-from testbed.rocev2 import CE, ECT0, ECT1, NOT_ECT, ROCEV2_UDP_PORT, Kind, build_data, parse
-from testbed.transport import TransportConfig
-from testbed.transport_receiver import Receiver
-from testbed.transport_sender import Sender
+from testbed.roce.nic import Nic, run
+from testbed.roce.receiver import Receiver
+from testbed.roce.rocev2 import CE, ECT0, ECT1, NOT_ECT, ROCEV2_UDP_PORT, Kind, build_data, parse
+from testbed.roce.sender import Sender
+from testbed.roce.transport import TransportConfig
 
 CONFIG = TransportConfig(mtu=1024)
 

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from matplotlib.image import imread
 
-from testbed import plots
-from testbed.html_report import build_report
+from testbed.results import plots
+from testbed.results.html_report import build_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MODES = ("baseline", "adaptive")

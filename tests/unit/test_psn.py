@@ -2,7 +2,7 @@
 
 import pytest
 
-from testbed import psn
+from testbed.roce import psn
 
 TOP = 2**24 - 1
 

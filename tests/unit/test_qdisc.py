@@ -5,10 +5,10 @@ import struct
 import pytest
 from pyroute2.netlink.rtnl.tcmsg import tcmsg
 
-from testbed import netem, red
-from testbed.fabric import LinkConfig
-from testbed.qdisc import U32_MAX, htb_class_params, netem_params, plan, red_params
-from testbed.units import frame_bytes
+from testbed.model.fabric import LinkConfig
+from testbed.model.units import frame_bytes
+from testbed.net.tc import netem, red
+from testbed.net.tc.qdisc import U32_MAX, htb_class_params, netem_params, plan, red_params
 
 TCA_OPTIONS, TCA_NETEM_LOSS, NETEM_LOSS_GE = 2, 5, 2  # linux/rtnetlink.h, linux/pkt_sched.h
 

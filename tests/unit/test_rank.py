@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from testbed.collectives import RankError, Ranks
+from testbed.collective.runner import RankError, Ranks
 
 
 class LoopbackHost:

@@ -12,9 +12,24 @@ import pytest
 from scapy.all import IP, UDP, Ether, Raw, raw, wrpcap
 from scapy.contrib.roce import AETH, BTH, cnp
 
-from testbed.rocev2 import (IB_MTUS, Flow, Kind, MalformedPacket, RocePacket, build_ack, build_cnp, build_data,
-                            build_nak, check_mtu, configure_socket, data_capacity, ip_tos, largest_mtu_for, parse,
-                            to_scapy)
+from testbed.roce.rocev2 import (
+    IB_MTUS,
+    Flow,
+    Kind,
+    MalformedPacket,
+    RocePacket,
+    build_ack,
+    build_cnp,
+    build_data,
+    build_nak,
+    check_mtu,
+    configure_socket,
+    data_capacity,
+    ip_tos,
+    largest_mtu_for,
+    parse,
+    to_scapy,
+)
 
 FLOW = Flow("10.0.1.2", "10.0.2.3", 49152)
 # IB spec opcode table (RC): written out here rather than taken from the module under test

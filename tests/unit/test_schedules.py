@@ -1,4 +1,4 @@
-"""Unit tests for testbed.schedules: collective schedules proven with the simulator."""
+"""Unit tests for testbed.collective.schedules: collective schedules proven with the simulator."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import itertools
 import numpy as np
 import pytest
 
-from testbed.schedules import (
+from testbed.collective.schedules import (
     COLLECTIVES,
     DeadlockError,
     Schedule,
@@ -346,7 +346,7 @@ def test_step_and_schedule_validation():
     with pytest.raises(ValueError):
         Step(index=1, channel=0, recv_peer=0, dst=None, send_peer=None)
     with pytest.raises(ValueError, match="earlier"):
-        from testbed.schedules import Region
+        from testbed.collective.schedules import Region
         Step(index=1, channel=0, src=Region("send", 0, 1), send_peer=0, deps=(1,))
     with pytest.raises(ValueError, match="collective"):
         build_schedule("allreduce", 0, 2, 4)

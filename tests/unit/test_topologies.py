@@ -4,9 +4,9 @@ import ipaddress
 
 import pytest
 
-from testbed.cli import load_topology
-from testbed.fabric import TopologyError
-from testbed.routing import compute_routes, fabric_graph, path_delay_ms
+from testbed.model.fabric import TopologyError
+from testbed.net.routing import compute_routes, fabric_graph, path_delay_ms
+from testbed.topologies import load_topology
 
 
 def routes_of(topo):

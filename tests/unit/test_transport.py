@@ -19,14 +19,14 @@ import pytest
 
 from controllers.dcqcn import Dcqcn, DcqcnParams
 from controllers.fixed_rate import FixedRate
-from testbed.pacer import Pacer
-from testbed.psn import PSN_MODULUS
-from testbed.rocev2 import CE, Flow, parse
-from testbed.rto import RttEstimator
-from testbed.nic import Nic
-from testbed.transport import TransportConfig
-from testbed.transport_receiver import Receiver
-from testbed.transport_sender import Sender
+from testbed.roce.nic import Nic
+from testbed.roce.pacer import Pacer
+from testbed.roce.psn import PSN_MODULUS
+from testbed.roce.receiver import Receiver
+from testbed.roce.rocev2 import CE, Flow, parse
+from testbed.roce.rto import RttEstimator
+from testbed.roce.sender import Sender
+from testbed.roce.transport import TransportConfig
 
 LOCAL = "127.0.0.1"
 MTU = 1024

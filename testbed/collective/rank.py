@@ -1,0 +1,238 @@
+"""One rank ("GPU") of a collective, run as its own process on its host: ``python -m testbed.collective.rank``.
+
+The controller (``testbed.collective.runner``) starts one per host with ``host.popen`` and talks to it in JSON
+lines: first the job (this rank, every rank's address, the channels to open, the congestion control),
+then one command per measurement (the collective, datatype, op, root, algorithm, element count, in or out
+of place, iterations, whether to check); the rank answers each with its time and its count of wrong
+elements.  Between ranks, data moves only over the
+emulated fabric: one queue pair per (peer, channel) and direction on the host's RoCE NIC (port 4791).
+
+Steps run as NCCL's primitives do (``testbed.collective.schedules``): a step starts once its predecessors are done
+and, if it receives, once its chunk has arrived; sends are eager (the chunk is copied to the queue pair),
+so a rank keeps several chunks in flight on a long link.
+"""
+
+import json
+import select
+import sys
+import time
+from collections import deque
+
+import numpy as np
+
+from controllers.registry import from_spec
+from testbed.collective.control_channel import ControlClient
+from testbed.collective.flow_samples import FlowSampler
+from testbed.collective.qp_numbers import receiver_qpn, sender_qpn
+from testbed.collective.schedules import (
+    UFUNCS,
+    Schedule,
+    apply_step,
+    build_schedule,
+    count_wrong,
+    expected,
+    rank_buffers,
+    step_graph,
+)
+from testbed.roce.nic import Nic, run
+from testbed.roce.receiver import Receiver
+from testbed.roce.sender import Sender
+from testbed.roce.transport import TransportConfig
+
+CONTROL_POLL_NS = 10_000_000
+FLOW_COUNTERS = ("packets_sent", "retransmitted_packets", "cnps_received", "timeouts", "naks_received")
+STEP_TIMEOUT_S = 120.0  # no progress for this long: the run is broken (a peer died), not slow
+IDLE_TIMEOUT_S = 24 * 3600.0  # between commands: the controller decides when the job ends
+
+
+class RankLinks:
+    """This rank's queue pairs, opened on first use: a sender per (peer, channel), a receiver likewise.
+
+    Each peer's senders run the job's congestion control until the fabric controller pushes one for that
+    peer's path (``apply``), over the control channel when the job has one."""
+
+    def __init__(self, nic: Nic, rank: int, addresses: list[str], cc_spec: dict, config: TransportConfig,
+                 control: ControlClient | None = None, telemetry_ns: int = 0) -> None:
+        self.nic, self.rank, self.addresses, self.config, self.control = nic, rank, addresses, config, control
+        self.telemetry = FlowSampler(rank, addresses, telemetry_ns)
+        self.cc_specs = {peer: cc_spec for peer in range(len(addresses))}
+        self.senders: dict[tuple[int, int], Sender] = {}
+        self.receivers: dict[tuple[int, int], Receiver] = {}
+        self._next_poll_ns = 0
+
+    def sender(self, peer: int, channel: int) -> Sender:
+        key, n = (peer, channel), len(self.addresses)
+        if key not in self.senders:
+            self.senders[key] = Sender(self.nic, (self.addresses[peer], self.nic.address[1]),
+                                       sender_qpn(peer, channel, n), receiver_qpn(self.rank, channel, n),
+                                       from_spec(self.cc_specs[peer]), self.config)
+        return self.senders[key]
+
+    def receiver(self, peer: int, channel: int) -> Receiver:
+        key, n = (peer, channel), len(self.addresses)
+        if key not in self.receivers:
+            self.receivers[key] = Receiver(self.nic, receiver_qpn(peer, channel, n),
+                                           sender_qpn(self.rank, channel, n), self.config)
+        return self.receivers[key]
+
+    def open_all(self, channels: int) -> None:
+        """Open every queue pair up front, so a peer's first chunk never meets an unknown QP."""
+        for peer in range(len(self.addresses)):
+            for channel in range(channels):
+                if peer != self.rank:
+                    self.sender(peer, channel)
+                    self.receiver(peer, channel)
+
+    def all_acknowledged(self) -> bool:
+        return all(sender.all_acknowledged() for sender in self.senders.values())
+
+    def apply(self, message: dict) -> None:
+        """A controller message: ``{"cc": {peer: spec}}`` gives those peers' senders a fresh congestion
+        control; ``{"cnp_interval_ns": {peer: ns}}`` paces the CNPs this rank's receivers send them;
+        ``{"pace": {peer: bits/s or None}}`` caps (or uncaps) the senders' pacing rate."""
+        for peer, spec in message.get("cc", {}).items():
+            self.cc_specs[int(peer)] = spec
+            for sender in _of_peer(self.senders, peer):
+                sender.cc = from_spec(spec)
+        for peer, interval in message.get("cnp_interval_ns", {}).items():
+            for receiver in _of_peer(self.receivers, peer):
+                receiver.set_cnp_interval(interval)
+        for peer, cap in message.get("pace", {}).items():
+            for sender in _of_peer(self.senders, peer):
+                sender.max_rate_bps = cap
+
+    def poll_control(self, now: bool = False) -> None:
+        """Apply what the controller pushed, looking at most every CONTROL_POLL_NS (a syscall per packet
+        would cost more than the control loop needs) unless ``now``."""
+        clock = time.monotonic_ns()
+        if self.control is None or (clock < self._next_poll_ns and not now):
+            return
+        self._next_poll_ns = clock + CONTROL_POLL_NS
+        for message in self.control.poll():
+            self.apply(message)
+
+    def tick(self) -> None:
+        """What the event loop does besides moving packets: apply control messages, sample the flows."""
+        self.poll_control()
+        self.telemetry.maybe_sample(self.senders, self.receivers)
+
+    def counters(self) -> dict:
+        """The senders' counters summed: what the controller reports per run."""
+        return {name: sum(s.counters[name] for s in self.senders.values()) for name in FLOW_COUNTERS}
+
+
+def _of_peer(ends: dict, peer: int | str) -> list:
+    """The queue-pair ends of ``ends`` (keyed by (peer, channel)) that talk to ``peer``, every channel."""
+    return [end for (other, _), end in ends.items() if other == int(peer)]
+
+
+def execute(schedule: Schedule, buffers: dict[str, np.ndarray], links: RankLinks) -> None:
+    """Run this rank's steps over the fabric until every one is done and every chunk it sent is acknowledged."""
+    remaining, successors = step_graph(schedule)
+    ufunc = UFUNCS[schedule.op]
+    dtype = buffers["send"].dtype
+    ready = deque(i for i, count in enumerate(remaining) if count == 0)
+    blocked: dict[int, Receiver] = {}  # steps whose chunk has not arrived yet
+    blocked_since: dict[int, int] = {}
+    done = 0
+    while done < len(schedule.steps):
+        while ready:
+            i = ready.popleft()
+            step = schedule.steps[i]
+            message = None
+            if step.recv_peer is not None:
+                receiver = links.receiver(step.recv_peer, step.channel)
+                if not receiver.has_message():
+                    blocked[i] = receiver
+                    blocked_since.setdefault(i, time.monotonic_ns())
+                    continue
+                message = np.frombuffer(receiver.recv(0), dtype=dtype)
+            value = apply_step(step, buffers, ufunc, message)
+            if step.send_peer is not None:
+                links.sender(step.send_peer, step.channel).send(value)
+            waited = time.monotonic_ns() - blocked_since.pop(i) if i in blocked_since else 0
+            links.telemetry.step_done(i, step, value.nbytes, waited)
+            done += 1
+            for successor in successors[i]:
+                remaining[successor] -= 1
+                if remaining[successor] == 0:
+                    ready.append(successor)
+        if done < len(schedule.steps):
+            if not run([links.nic], lambda: links.tick() or any(r.has_message() for r in blocked.values()),
+                       STEP_TIMEOUT_S):
+                raise TimeoutError(f"rank {schedule.rank}: no chunk arrived for {STEP_TIMEOUT_S} s")
+            arrived = [i for i, r in blocked.items() if r.has_message()]
+            for i in arrived:
+                del blocked[i]
+            ready.extend(sorted(arrived))
+    if not run([links.nic], lambda: links.tick() or links.all_acknowledged(), STEP_TIMEOUT_S):
+        raise TimeoutError(f"rank {schedule.rank}: chunks unacknowledged after {STEP_TIMEOUT_S} s")
+
+
+def rank_input(rank: int, count: int, dtype: np.dtype, seed: int) -> np.ndarray:
+    """Rank ``rank``'s input: small positive values (exact sums for integers, no cancellation for floats);
+    every rank can make every other rank's, to know the expected result without exchanging it."""
+    rng = np.random.default_rng([seed, rank])
+    return rng.integers(1, 8, count).astype(dtype)
+
+
+def measure(command: dict, links: RankLinks) -> dict:
+    """Run one command: ``warmup`` untimed and ``iters`` timed iterations of its collective, then (with
+    ``check``) one on fresh inputs whose result is compared element by element with the expected one."""
+    rank, n, dtype = links.rank, len(links.addresses), np.dtype(command["dtype"])
+    schedule = build_schedule(command["collective"], rank, n, command["count"], op=command["op"],
+                              root=command["root"], nchannels=command["nchannels"],
+                              chunk_elems=command["chunk_elems"], sites=command.get("sites"),
+                              in_place=command["in_place"])
+    data = rank_input(rank, schedule.send_elems, dtype, command["seed"])
+    buffers = rank_buffers(schedule, data)
+    before = links.counters()
+    for _ in range(command["warmup"]):
+        execute(schedule, buffers, links)
+    iter_us = []
+    for _ in range(command["iters"]):
+        start = time.perf_counter()
+        execute(schedule, buffers, links)
+        iter_us.append((time.perf_counter() - start) * 1e6)
+    wrong = None
+    if command["check"]:
+        buffers = rank_buffers(schedule, data)
+        execute(schedule, buffers, links)
+        inputs = [rank_input(r, schedule.send_elems, dtype, command["seed"]) for r in range(n)]
+        want = expected(command["collective"], inputs, op=command["op"], root=command["root"])[rank]
+        wrong = 0 if want is None else count_wrong(buffers["recv"], want, op=command["op"], nranks=n)
+    counters = {name: value - before[name] for name, value in links.counters().items()}
+    if links.telemetry.interval_ns:
+        links.telemetry.sample(links.senders, links.receivers)  # the command's final totals
+    return {"time_us": sum(iter_us) / max(1, len(iter_us)), "iter_us": iter_us, "wrong": wrong, "counters": counters,
+            **links.telemetry.take()}
+
+
+def next_command(links: RankLinks) -> dict | None:
+    """The controller's next command (None once it closes stdin), serving the NIC meanwhile: a peer still
+    finishing may need this rank to acknowledge a retransmitted chunk.  Control messages pushed before the
+    command are applied before it runs (the controller pushes them first)."""
+    run([links.nic], lambda: bool(select.select([sys.stdin], [], [], 0)[0]), timeout_s=IDLE_TIMEOUT_S)
+    links.poll_control(now=True)
+    line = sys.stdin.readline()
+    return json.loads(line) if line else None
+
+
+def main() -> None:
+    """Serve the controller: a job line, then one answer per command line until stdin closes."""
+    job = json.loads(sys.stdin.readline())
+    config = TransportConfig(**job.get("transport", {}))
+    control = ControlClient(job["control"], job["rank"]) if job.get("control") else None
+    with Nic(job["addresses"][job["rank"]]) as nic:
+        links = RankLinks(nic, job["rank"], job["addresses"], job["cc"], config, control,
+                          job.get("telemetry_ns", 0))
+        links.open_all(job["nchannels"])
+        print(json.dumps({"ready": job["rank"]}), flush=True)
+        while (command := next_command(links)) is not None:
+            if command["nchannels"] > job["nchannels"]:
+                raise ValueError(f"{command['nchannels']} channels asked, the job opened {job['nchannels']}")
+            print(json.dumps(measure(command, links)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

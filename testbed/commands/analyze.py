@@ -1,0 +1,60 @@
+"""``testbed analyze RESULTS_DIR``: a run's captures turned into per-flow throughput, CE, CNPs,
+retransmissions and one-way delay, cross-checked against the run's telemetry (no root, no VM)."""
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from testbed.commands.options import UsageError
+from testbed.results import analysis, report
+from testbed.results.console import console, say, say_path
+from testbed.results.tables import frame_table
+
+
+def add_parser(commands) -> None:
+    parser = commands.add_parser(
+        "analyze", help="derive per-flow throughput, CE, CNPs, retransmissions and delay from a run's captures",
+        description="Reads RESULTS_DIR/capture (a run with --capture), cross-checks it against the run's "
+                    "telemetry, writes RESULTS_DIR/analysis and refreshes the report.  Needs no root.")
+    parser.add_argument("results_dir", type=Path, metavar="RESULTS_DIR")
+    parser.add_argument("--bin-ms", type=float, default=100.0,
+                        help="time bin of the throughput and event series (default 100)")
+    parser.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace, argv: list[str]) -> int:
+    if not args.bin_ms > 0:
+        raise UsageError(f"--bin-ms {args.bin_ms:g} must be > 0")
+    if not args.results_dir.is_dir():
+        raise UsageError(f"results directory {args.results_dir} does not exist")
+    try:
+        with console.status("reading the captures"):
+            result = analysis.analyze(args.results_dir, bin_s=args.bin_ms / 1e3)
+    except analysis.AnalysisError as error:
+        raise UsageError(str(error)) from None
+    telemetry = {name: _parquet_or_none(args.results_dir / "telemetry" / f"{name}.parquet")
+                 for name in ("flows", "queues")}
+    check = analysis.cross_check(result, telemetry["flows"], telemetry["queues"])
+    analysis.save(result, check, args.results_dir / "analysis")
+    console.print(frame_table("flows in the capture", _capture_summary(result.flows)))
+    lines = analysis.disagreements(check)
+    for line in lines:
+        say(line)
+    console.print(f"{len(lines)} of {len(check)} cross-checks of the capture against the run's telemetry "
+                  "disagree" if lines else f"the capture agrees with the run's telemetry ({len(check)} checks)")
+    say_path("analysis", args.results_dir.resolve() / "analysis")
+    report.say_report(args.results_dir.resolve())
+    return 0
+
+
+def _parquet_or_none(path: Path) -> pd.DataFrame | None:
+    return pd.read_parquet(path) if path.exists() else None
+
+
+def _capture_summary(flows: pd.DataFrame) -> pd.DataFrame:
+    """The per-flow columns that fit a terminal."""
+    columns = {"src": "src", "dst": "dst", "dqpn": "qp", "data_packets": "packets", "mbps": "Mbit/s",
+               "ce_fraction": "CE frac", "cnps": "CNPs", "retransmitted": "retx", "owd_p50_ms": "owd p50",
+               "owd_p99_ms": "owd p99"}
+    return flows[[c for c in columns if c in flows]].rename(columns=columns).round(3)

@@ -1,0 +1,201 @@
+"""What the commands share: the topology, observation and algorithm options, their checks, the results
+directory, the move into the microVM and the report at the end.
+
+Every check here runs before anything is built (and before a microVM boots): a bad value is one line naming
+the option, exit status 2 (``UsageError``, or ``TopologyError`` from the fabric model).
+"""
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+
+from testbed.collective import nccl_tests
+from testbed.collective.schedules import Algorithm
+from testbed.model.fabric import LinkConfig
+from testbed.net import microvm
+from testbed.net.topo import FabricTopo
+from testbed.observe.capture import DEFAULT_MAX_MB, HEADERS_SNAPLEN, RING_FILES
+from testbed.observe.observing import Observe
+from testbed.observe.telemetry import SCOPES
+from testbed.results import report
+from testbed.topologies import DEFAULT_TOPOLOGY, accepted_keywords, load_topology, script_path
+
+MIN_SNAPLEN = 74  # Ethernet, IPv4, UDP, BTH and the transport header with its send timestamp
+# CLI flag -> build() keyword: the sizes and rates the topologies take, then every DCI link setting
+# (LinkConfig's fields but the rate, which --dci-bw-mbps gives); each is passed only if given, and only if the
+# topology takes it
+TOPOLOGY_FLAGS = {
+    "distance_km": float, "sites": int, "hosts": int, "leaves": int, "spines": int,
+    "host_bw_mbps": float, "fabric_bw_mbps": float, "dci_bw_mbps": float,
+    **{f.name: int if f.type == int | None else float for f in fields(LinkConfig) if f.name != "bw_mbps"},
+}
+
+
+class UsageError(Exception):
+    """Bad command-line input; the message is printed as one line and the exit status is 2."""
+
+
+# -- the topology -------------------------------------------------------------------------------------------
+
+def add_topology_options(parser: argparse.ArgumentParser) -> None:
+    topo = parser.add_argument_group("topology options (passed to the topology's build)")
+    topo.add_argument("--topology", help="a name from topologies/ or a path to a topology script "
+                                         f"(default {DEFAULT_TOPOLOGY})")
+    for name, kind in TOPOLOGY_FLAGS.items():
+        topo.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, metavar=kind.__name__.upper())
+    topo.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                      help="any other keyword of the topology's build(), e.g. --param west_south_km=2000")
+    topo.add_argument("--mtu", type=int, help="link MTU (default 9000)")
+    parser.add_argument("--out", type=Path, help="results directory (default results/<name>-<time>)")
+
+
+def topology_class(args) -> type[FabricTopo]:
+    """The topology the options name (``--topology``, default two_sites)."""
+    return load_topology(args.topology or DEFAULT_TOPOLOGY)
+
+
+def topology_params(args, topo_cls: type[FabricTopo]) -> dict:
+    """build() keywords from the flags and --param KEY=VALUE, refusing any the topology does not take."""
+    given = {name: getattr(args, name) for name in TOPOLOGY_FLAGS if getattr(args, name) is not None}
+    for item in args.param:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--param {item!r} must look like KEY=VALUE")
+        given[key.replace("-", "_")] = _number(key, value)
+    accepted = accepted_keywords(topo_cls)
+    for key in given:
+        if key not in accepted:
+            raise UsageError(f"topology {topo_cls.__name__} takes no option {key!r} "
+                             f"(it takes: {', '.join(sorted(accepted))})")
+    if args.mtu is not None:
+        given["mtu"] = args.mtu
+    return given
+
+
+def _number(key: str, value: str) -> int | float:
+    try:
+        return int(value)
+    except ValueError:
+        try:
+            return float(value)
+        except ValueError:
+            raise UsageError(f"--param {key}={value!r} is not a number") from None
+
+
+# -- observation and the collective algorithm --------------------------------------------------------------
+
+def add_observe_options(parser: argparse.ArgumentParser) -> None:
+    obs = parser.add_argument_group("telemetry and packet captures (see testbed analyze)")
+    obs.add_argument("--telemetry-ms", type=float, default=Observe.interval_s * 1e3, metavar="MS",
+                     help=f"sampling interval of queues, links and flows (default {Observe.interval_s * 1e3:g})")
+    obs.add_argument("--telemetry-scope", choices=SCOPES, default=Observe.scope,
+                     help="queues sampled: the border routers' (dci, default) or every node's (all)")
+    obs.add_argument("--capture", action="store_true",
+                     help="record pcaps of --capture-links (headers only, ring-rotated) in RESULTS/capture")
+    obs.add_argument("--capture-links", default="dci", metavar="dci|A-B,C-D",
+                     help="the links to capture: every DCI link (default) or node pairs, e.g. westb-eastb,wests1-westb")
+    obs.add_argument("--snaplen", type=int, default=HEADERS_SNAPLEN,
+                     help=f"bytes kept per packet (default {HEADERS_SNAPLEN}: headers only; 0 keeps whole packets)")
+    obs.add_argument("--capture-max-mb", type=int, default=DEFAULT_MAX_MB,
+                     help=f"disk the capture may use at most, as a ring of {RING_FILES} files per link "
+                          f"(default {DEFAULT_MAX_MB})")
+
+
+def observe_from(args, topo: FabricTopo) -> Observe:
+    """The --telemetry/--capture options checked against the topology before anything is built."""
+    if not args.telemetry_ms > 0:
+        raise UsageError(f"--telemetry-ms {args.telemetry_ms:g} must be > 0")
+    if args.snaplen != 0 and args.snaplen < MIN_SNAPLEN:
+        raise UsageError(f"--snaplen {args.snaplen} cuts the RoCE headers: use at least {MIN_SNAPLEN}, "
+                         "or 0 for whole packets")
+    links = None if args.capture_links == "dci" else tuple(_link_pair(topo, p) for p in args.capture_links.split(","))
+    if args.capture_max_mb < RING_FILES * len(links or topo.dci_link_names()):
+        raise UsageError(f"--capture-max-mb {args.capture_max_mb} leaves less than 1 MB per ring file "
+                         f"({RING_FILES} files per captured link)")
+    return Observe(args.telemetry_ms / 1e3, args.telemetry_scope, args.capture, links, args.snaplen,
+                   args.capture_max_mb)
+
+
+def _link_pair(topo: FabricTopo, spec: str) -> tuple[str, str]:
+    a, sep, b = spec.strip().partition("-")
+    if not sep or (a, b) not in {*topo.links(), *((y, x) for x, y in topo.links())}:
+        raise UsageError(f"--capture-links: {spec.strip()!r} is not a link of the topology "
+                         "(give node pairs like westb-eastb, or dci)")
+    return a, b
+
+
+def add_algorithm_options(parser: argparse.ArgumentParser) -> None:
+    algo = parser.add_argument_group("collective algorithm")
+    algo.add_argument("--channels", type=int, default=Algorithm.nchannels,
+                      help=f"parallel rings, NCCL's nChannels (default {Algorithm.nchannels})")
+    algo.add_argument("--chunk", default=str(Algorithm.chunk_bytes), metavar="SIZE",
+                      help=f"pipelining chunk, e.g. 128K (default {Algorithm.chunk_bytes})")
+    algo.add_argument("--hierarchical", action="store_true",
+                      help="all_reduce within sites first, so each rank sends one shard across the DCI")
+
+
+def algorithm_from(args) -> Algorithm:
+    if args.channels < 1:
+        raise UsageError(f"--channels {args.channels} must be >= 1")
+    try:
+        chunk = nccl_tests.parsesize(args.chunk)
+    except ValueError as error:
+        raise UsageError(f"--chunk {args.chunk!r}: {error}") from None
+    if chunk < 1:
+        raise UsageError(f"--chunk {args.chunk!r} must be at least 1 byte")
+    return Algorithm(nchannels=args.channels, chunk_bytes=chunk, hierarchical=args.hierarchical)
+
+
+# -- where a command runs and what it leaves ------------------------------------------------------------------
+
+def results_dir(args, name: str) -> Path:
+    """``--out``, or ``results/<name>-<time>``, absolute (the microVM gets the same path)."""
+    return (args.out or Path("results") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise UsageError("must run as root (Mininet and tc need CAP_NET_ADMIN): use sudo")
+
+
+def rerun_in_microvm_if_needed(args, argv: list[str], out: Path, positional: str | None = None,
+                               interactive: bool = False) -> int | None:
+    """Root is required; where this kernel cannot emulate links, re-run the same command line in a microVM
+    (the topology as an absolute ``--topology``, ``positional`` -- a topology given as ``run``'s argument --
+    left out, results in ``out``), draw its report here, and return its exit status; None when the command
+    should go on here.  An ``interactive`` command is refused there: the VM's console does not carry a
+    terminal's input through."""
+    require_root()
+    reason = microvm.needed()
+    if reason is None:
+        return None
+    if interactive:
+        raise UsageError(f"--cli needs a kernel that emulates links itself ({reason}): use a full kernel, "
+                         "e.g. the Vagrant VM")
+    rest = list(argv)
+    if positional is not None:
+        rest.remove(positional)
+    topology = args.topology or DEFAULT_TOPOLOGY
+    topology = str(script_path(topology).resolve()) if topology.endswith(".py") else topology
+    inner = [sys.executable, "-m", "testbed", *rest, "--topology", topology, "--out", str(out)]
+    status = microvm.run(inner, rwdirs=[out], reason=reason)
+    if (out / "params.json").exists():
+        report.say_report(out)  # drawn here: see report.render
+    return status
+
+
+def write_report(out: Path, title: str, argv: list[str], params: dict, lines: list[str], results, tables) -> None:
+    """The results directory's HTML report (``testbed.results.html_report``), its path printed last."""
+    report.save_page(out, title, " ".join(["testbed", *argv]), params, lines, results, tables)
+    report.say_path("results", out)
+    report.say_report(out)
+
+
+def exit_status(wrong: int) -> int:
+    """1 (and one line) if any collective result was wrong, else 0."""
+    if wrong:
+        print(f"testbed: {wrong} wrong elements (see #wrong above)", file=sys.stderr)
+    return 1 if wrong else 0

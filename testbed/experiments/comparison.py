@@ -1,0 +1,167 @@
+"""Baseline against adaptive (and any other mode) on one built fabric: same topology, workload and seed.
+
+    with Testbed(TwoSites()) as tb:
+        comparison = compare(tb, nccl_tests.parse_args("all_reduce", ["-b", "1M", "-e", "4M"]),
+                             modes=["baseline", "adaptive"])
+
+The fabric is probed once (``testbed.experiments.discovery``).  Then for each mode in turn the fabric controller
+configures the DCI thresholds and pushes per-path congestion control to freshly started ranks over the
+control channel, and the nccl-tests sweep runs while the controller samples (and, in modes that govern,
+manages) the DCI queues.  What a mode leaves behind (thresholds) is overwritten by the next mode's plan.
+
+Per mode it returns the nccl-tests results and a summary: completion time p50/p99 of the largest size's
+iterations (the slowest rank's time of each), DCI queueing delay p50/p99 over the samples taken while the
+DCI was busy, and what the run cost: drops and CE marks at the DCI egresses, CNPs and retransmitted packets
+at the senders.
+"""
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from testbed.collective import nccl_tests
+from testbed.collective.bounds import rank_sites
+from testbed.collective.control_channel import ControlServer
+from testbed.collective.runner import bounds_beside, start_ranks, sweep
+from testbed.collective.schedules import Algorithm, flows
+from testbed.experiments.discovery import SitePath, discover
+from testbed.experiments.fabric_controller import FabricController
+from testbed.experiments.modes import lookup
+
+
+@dataclass
+class ModeRun:
+    mode: str
+    results: list[nccl_tests.Result]
+    summary: dict
+    samples: list[dict] = field(default_factory=list)
+    actions: list[dict] = field(default_factory=list)
+    calls: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class Comparison:
+    paths: list[SitePath]
+    runs: list[ModeRun]
+    bounds: list[dict]
+
+    def ratios(self) -> pd.DataFrame:
+        """Per size: each mode's busbw (Mbit/s, out of place), its ratio to the first mode, and the bound."""
+        rows = []
+        for i, bound in enumerate(self.bounds):
+            row = {"size_bytes": bound["size_bytes"], "bound_mbps": bound["bound_busbw_gbps"] * 8e3}
+            for run in self.runs:
+                row[f"{run.mode}_mbps"] = run.results[i].out_of_place.busbw_gbps * 8e3
+            reference = row[f"{self.runs[0].mode}_mbps"]
+            for run in self.runs[1:]:
+                row[f"{run.mode}_x"] = row[f"{run.mode}_mbps"] / reference if reference else float("nan")
+                row[f"{run.mode}_of_bound_pct"] = 100 * row[f"{run.mode}_mbps"] / row["bound_mbps"]
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def summaries(self) -> pd.DataFrame:
+        return pd.DataFrame([run.summary for run in self.runs])
+
+    def results(self, tag: str = "") -> pd.DataFrame:
+        """Every mode's nccl-tests rows, ``mode`` naming it (plus ``tag``, e.g. "@100km")."""
+        return pd.concat([nccl_tests.to_frame(run.results).assign(mode=f"{run.mode}{tag}") for run in self.runs],
+                         ignore_index=True)
+
+    @property
+    def wrong(self) -> int:
+        """Wrong elements over every mode's results."""
+        return sum(r.wrong_elements for run in self.runs for r in run.results)
+
+
+def compare(tb, options: nccl_tests.Options, modes: list[str], algorithm: Algorithm = Algorithm(),
+            target_queue_ns: int | None = None, paths: list[SitePath] | None = None,
+            print_line: Callable[[str], None] = print, log: Callable[[str], None] = print,
+            telemetry=None, tag: str = "", on_answers: Callable[[dict, list[dict]], None] | None = None
+            ) -> Comparison:
+    """Run ``options``' sweep under each of ``modes`` on ``tb`` (probing the fabric first unless ``paths``).
+    With ``telemetry`` (``testbed.observe.telemetry``) the ranks sample their flows and every row is labelled with
+    the mode (plus ``tag``, e.g. "@100km"); ``on_answers`` sees every measurement's answers as well."""
+    for mode in modes:
+        lookup(mode)  # before the probes: a typo should not cost a discovery
+    paths = paths if paths is not None else discover(tb)
+    runs = []
+    for mode in modes:
+        print_line(f"# mode: {mode}{tag}")
+        if telemetry is not None:
+            telemetry.mode = f"{mode}{tag}"
+        runs.append(run_mode(tb, options, mode, algorithm, paths, target_queue_ns, print_line, log,
+                             telemetry, on_answers))
+    return Comparison(paths, runs, bounds_beside(tb, options, algorithm, runs[0].results))
+
+
+def run_mode(tb, options: nccl_tests.Options, mode: str, algorithm: Algorithm, paths: list[SitePath],
+             target_queue_ns: int | None, print_line, log, telemetry=None, on_answers=None) -> ModeRun:
+    """One mode: plan, configure switches, start ranks wired to the controller, sweep while sampling."""
+    hosts = tb.hosts()
+    sites = rank_sites(tb.topo, [h.name for h in hosts]) if algorithm.hierarchical else None
+    controller = FabricController(tb, paths, mode, target_queue_ns, log)
+    plan = controller.plan(hosts, flows(options.collective, len(hosts), algorithm, sites=sites))
+    log(f"mode {mode}: {controller.mode.description}")
+    controller.configure_switches(plan)
+    before = _dci_counters(tb, plan)
+    calls = []
+
+    def answered(call: dict, answers: list[dict]) -> None:
+        calls.append(_call_row(mode, call, answers))
+        for observer in (telemetry.on_answers if telemetry else None, on_answers):
+            if observer:
+                observer(call, answers)
+
+    telemetry_s = telemetry.interval_s if telemetry else 0.0
+    with ControlServer() as server, start_ranks(tb, algorithm.nchannels, control=server.path,
+                                                telemetry_s=telemetry_s) as ranks:
+        server.accept(len(hosts))
+        controller.configure_senders(plan, server)
+        with controller.governing(plan, server):
+            results = sweep(tb, ranks, options, algorithm, print_line, on_answers=answered)
+    after = _dci_counters(tb, plan)
+    summary = _summary(mode, calls, controller.samples, {k: after[k] - before[k] for k in after})
+    return ModeRun(mode, results, summary, controller.samples, controller.actions, calls)
+
+
+def _call_row(mode: str, call: dict, answers: list[dict]) -> dict:
+    """One command's outcome: per iteration, the slowest rank's time (the collective's completion)."""
+    completion = np.max([a["iter_us"] for a in answers], axis=0).tolist() if answers[0]["iter_us"] else []
+    counters = {name: sum(a["counters"][name] for a in answers) for name in answers[0]["counters"]}
+    return {"mode": mode, "size_bytes": call["size_bytes"], "in_place": call["in_place"],
+            "completion_us": completion, **counters}
+
+
+def _dci_counters(tb, plan) -> dict:
+    stats = [tb.egress(*hop).stats() for hop in plan.egresses]
+    return {"drops": sum(s["drops"] for s in stats), "ce_marks": sum(s["ecn_marks"] for s in stats)}
+
+
+def _summary(mode: str, calls: list[dict], samples: list[dict], dci: dict) -> dict:
+    largest = max(c["size_bytes"] for c in calls)
+    completion = [t for c in calls if c["size_bytes"] == largest for t in c["completion_us"]]
+    delays = [s["queue_delay_ms"] for s in samples if s["busy"]]
+
+    def p(values: list, q: float) -> float:
+        return float(np.percentile(values, q)) if values else float("nan")
+
+    return {"mode": mode, "size_bytes": largest,
+            "completion_p50_ms": p(completion, 50) / 1e3, "completion_p99_ms": p(completion, 99) / 1e3,
+            "dci_queue_p50_ms": p(delays, 50), "dci_queue_p99_ms": p(delays, 99), **dci,
+            "cnps": sum(c["cnps_received"] for c in calls),
+            "retransmitted": sum(c["retransmitted_packets"] for c in calls),
+            "timeouts": sum(c["timeouts"] for c in calls)}
+
+
+def save(comparison: Comparison, out) -> None:
+    """CSV (and Parquet for the long tables) in ``out``: results per mode, ratios, summaries, paths, samples."""
+    out.mkdir(parents=True, exist_ok=True)
+    nccl_tests.save(comparison.results(), out, "compare-results")
+    comparison.ratios().to_csv(out / "compare-ratios.csv", index=False)
+    comparison.summaries().to_csv(out / "compare-summary.csv", index=False)
+    pd.DataFrame([asdict(p) for p in comparison.paths]).to_csv(out / "discovery.csv", index=False)
+    pd.DataFrame([s for run in comparison.runs for s in run.samples]).to_parquet(out / "dci-queue-samples.parquet")
+    pd.DataFrame([a for run in comparison.runs for a in run.actions]).to_csv(out / "latency-actions.csv",
+                                                                            index=False)

@@ -1,0 +1,212 @@
+"""The fabric controller: from measured paths to switch thresholds, per-path sender parameters and a latency
+loop, for one of the comparison's modes.
+
+    paths = discover(tb)                                  # probes (testbed.experiments.discovery)
+    controller = FabricController(tb, paths, "adaptive")
+    plan = controller.plan(hosts, job_flows(...))         # what each DCI egress and each rank gets
+    controller.configure_switches(plan)                   # RED/ECN thresholds through pyroute2
+    controller.configure_senders(plan, control_server)    # per-peer cc over the control channel
+    with controller.governing(plan, control_server):      # latency loop (samples in every mode)
+        ... run the collective ...
+
+Modes:
+- ``baseline``: off-the-shelf RoCE: DCQCN with intra-datacenter defaults on every path, the fabric's plain
+  (DCQCN-paper, rate-scaled) ECN thresholds on the DCIs, no latency loop.  The loop still samples.
+- ``adaptive``: intra-site paths keep intra-datacenter DCQCN; every path across a DCI runs the
+  distance-adaptive controller (``controllers.adaptive``) derived from the measured RTT and bottleneck and
+  the number of the job's flows sharing it; each DCI egress gets thresholds from its BDP and the queue target;
+  the latency loop (``controllers.latency``) holds the DCI queues near the target.
+- ``swift``: like adaptive, with the Swift-style delay-target window (``controllers.swift``) across DCIs.
+Inside the sites, switches keep their shallow datacenter thresholds in every mode.
+"""
+
+import contextlib
+import threading
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+
+from controllers.adaptive import AdaptiveParams, Path, ecn_thresholds, target_queue_for
+from controllers.dcqcn import Dcqcn
+from controllers.latency import QueueGovernor
+from testbed.experiments.discovery import SitePath, dci_hops
+from testbed.experiments.modes import Mode, lookup
+from testbed.model.units import frame_bytes
+from testbed.net.netlink_counters import NamespaceCounters
+from testbed.roce.queue_pair import line_rate_bps
+from testbed.roce.rocev2 import WIRE_OVERHEAD
+from testbed.roce.transport import TransportConfig
+
+SAMPLE_INTERVAL_S = 0.05
+
+
+@dataclass
+class EgressPlan:
+    """One DCI egress queue (border ``node`` towards ``peer``) and what the mode gives it."""
+
+    node: str
+    peer: str
+    rate_bps: float  # measured
+    rtt_ns: int  # measured, host to host: what the flows crossing it see
+    flows: int  # the job's flows through this queue
+    kmin_bytes: int
+    kmax_bytes: int
+    target_ns: int
+    crossing: list[tuple[int, int]] = field(default_factory=list)  # (rank, peer rank) of those flows
+
+
+@dataclass
+class Plan:
+    mode: Mode
+    egresses: dict[tuple[str, str], EgressPlan]
+    ranks: dict[int, dict]  # rank -> control message
+
+
+class FabricController:
+    """Turns measured ``paths`` into a ``Plan`` for ``mode`` and applies it; samples the DCI queues."""
+
+    def __init__(self, tb, paths: list[SitePath], mode: str, target_queue_ns: int | None = None,
+                 log=print) -> None:
+        self.tb, self.mode, self.target_queue_ns, self.log = tb, lookup(mode), target_queue_ns, log
+        self.paths = {(p.src_site, p.dst_site): p for p in paths}
+        self.frame = frame_bytes(TransportConfig().mtu + WIRE_OVERHEAD)  # a full RoCE data packet on the wire
+        self.samples: list[dict] = []
+        self.actions: list[dict] = []
+
+    def plan(self, hosts: list, flows: set[tuple[int, int, int]]) -> Plan:
+        """Thresholds per DCI egress and control messages per rank for the job's ``flows``
+        ((rank, peer rank, channel) that carry data), ranks being ``hosts`` in order."""
+        sites = [self.tb.topo.nodeInfo(h.name)["site"] for h in hosts]
+        crossing = defaultdict(list)
+        for rank, peer, _ in sorted(flows):
+            for hop in dci_hops(self.tb, hosts[rank].name, hosts[peer].name):
+                crossing[hop].append((rank, peer))
+        egresses = {hop: self._egress_plan(hop, crossing.get(hop, [])) for hop in self._all_dci_hops()}
+        ranks = {rank: self._rank_message(rank, hosts, sites, egresses) for rank in range(len(hosts))}
+        return Plan(self.mode, egresses, ranks)
+
+    def configure_switches(self, plan: Plan) -> None:
+        """Set every DCI egress's RED/ECN thresholds (pyroute2, in place, no traffic lost)."""
+        for (node, peer), egress in plan.egresses.items():
+            self.tb.egress(node, peer).set(ecn_kmin_bytes=egress.kmin_bytes, ecn_kmax_bytes=egress.kmax_bytes)
+            self.log(f"{self.mode.name}: {node}->{peer} ECN {egress.kmin_bytes}-{egress.kmax_bytes} B "
+                     f"({egress.flows} flows, {egress.rate_bps / 1e6:.1f} Mbit/s, RTT {egress.rtt_ns / 1e6:.2f} ms)")
+
+    def configure_senders(self, plan: Plan, server) -> None:
+        """Push each rank its per-peer congestion control over the control channel."""
+        for rank, message in plan.ranks.items():
+            server.push(rank, message)
+
+    @contextlib.contextmanager
+    def governing(self, plan: Plan, server):
+        """Sample every DCI egress while the block runs; in modes that govern, act on the samples.
+
+        The loop reads the queues with ``NamespaceCounters`` on sockets of its own, one qdisc dump per border
+        router: a few ms under TCG, where pyroute2's full decoding took ~90 ms per egress and stretched the
+        50 ms loop to ~200 ms."""
+        intfs = {hop: self.tb.egress(*hop) for hop in plan.egresses}
+        borders = {intf.node.name: intf.node for intf in intfs.values()}
+        counters = {name: NamespaceCounters.of(node) for name, node in borders.items()}
+        stop = threading.Event()
+        thread = threading.Thread(target=self._loop, args=(plan, server, intfs, counters, stop), daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            thread.join()
+            for reader in counters.values():
+                reader.close()
+
+    # -- planning ----------------------------------------------------------------------------------------
+
+    def _all_dci_hops(self) -> list[tuple[str, str]]:
+        return [hop for a, b, _ in self.tb.topo.dci_link_names() for hop in ((a, b), (b, a))]
+
+    def _site_path(self, node: str, peer: str) -> SitePath:
+        info = self.tb.topo.nodeInfo
+        return self.paths[(info(node)["site"], info(peer)["site"])]
+
+    def _egress_plan(self, hop: tuple[str, str], crossing: list[tuple[int, int]]) -> EgressPlan:
+        node, peer = hop
+        path = self._site_path(node, peer)
+        rate, rtt_ns = path.bottleneck_mbps * 1e6, round(path.host_rtt_ms * 1e6)
+        shape = self.tb.egress(node, peer).shape
+        target = target_queue_for(self._path(path, 1), self.target_queue_ns)
+        if self.mode.derived_thresholds:
+            kmin, kmax = ecn_thresholds(rate, rtt_ns, target, self.frame, shape.buffer_bytes)
+        else:
+            built = self.tb.topo.linkInfo(node, peer)["config"]  # as declared, before any controller
+            kmin, kmax = built.ecn_kmin_bytes, built.ecn_kmax_bytes
+        return EgressPlan(node, peer, rate, rtt_ns, max(1, len(set(crossing))), kmin, kmax, target, crossing)
+
+    def _path(self, site_path: SitePath, flows: int) -> Path:
+        return Path(base_rtt_ns=round(site_path.host_rtt_ms * 1e6), bottleneck_bps=site_path.bottleneck_mbps * 1e6,
+                    line_rate_bps=line_rate_bps(self.tb.hosts(site_path.src_site)[0]), frame_bytes=self.frame,
+                    flows=flows)
+
+    def _rank_message(self, rank: int, hosts: list, sites: list[str], egresses: dict) -> dict:
+        """Per peer: intra-datacenter DCQCN inside the site, the mode's cc across a DCI."""
+        cc, cnp = {}, {}
+        for peer, host in enumerate(hosts):
+            if peer == rank:
+                continue
+            if sites[peer] == sites[rank] or self.mode.dci_cc is Dcqcn:
+                cc[peer] = Dcqcn.spec(line_rate_bps=line_rate_bps(hosts[rank]))
+                continue
+            hops = dci_hops(self.tb, hosts[rank].name, host.name)
+            flows = max(egresses[hop].flows for hop in hops)
+            path = self._path(self.paths[(sites[rank], sites[peer])], flows)
+            target = target_queue_for(path, self.target_queue_ns)
+            cc[peer] = self.mode.dci_cc.spec(path=asdict(path), target_queue_ns=target)
+            cnp[peer] = AdaptiveParams.for_path(path, target).dcqcn.np_min_time_between_cnps_ns
+        return {"cc": cc, "cnp_interval_ns": cnp}
+
+    # -- the loop ----------------------------------------------------------------------------------------
+
+    def _loop(self, plan: Plan, server, intfs: dict, counters: dict, stop: threading.Event) -> None:
+        governors = {hop: self._governor(e) for hop, e in plan.egresses.items()} if self.mode.govern else {}
+        last = _queues(intfs, counters)
+        start = time.monotonic()
+        while not stop.wait(SAMPLE_INTERVAL_S):
+            queues = _queues(intfs, counters)
+            for hop, egress in plan.egresses.items():
+                queue = queues[hop]
+                busy = queue["sent_bytes"] > last[hop]["sent_bytes"]
+                delay_ns = round(queue["backlog_bytes"] * 8e9 / egress.rate_bps)
+                self.samples.append({"t_s": round(time.monotonic() - start, 3), "mode": self.mode.name,
+                                     "egress": f"{hop[0]}->{hop[1]}", "busy": busy,
+                                     "backlog_bytes": queue["backlog_bytes"], "queue_delay_ms": delay_ns / 1e6,
+                                     "ecn_marks": queue["ecn_marks"], "drops": queue["drops"]})
+                if hop in governors:
+                    self._act(hop, egress, governors[hop].observe(delay_ns, busy), server, start)
+            last = queues
+
+    def _governor(self, egress: EgressPlan) -> QueueGovernor:
+        share = egress.rate_bps / egress.flows
+        hold = max(2, round(egress.rtt_ns / 1e9 / SAMPLE_INTERVAL_S) + 1)
+        return QueueGovernor(egress.target_ns, egress.kmin_bytes, egress.kmax_bytes, 2 * self.frame, share, hold)
+
+    def _act(self, hop, egress: EgressPlan, action, server, start: float) -> None:
+        if action is None:
+            return
+        if action.kind == "ecn":
+            self.tb.egress(*hop).set(ecn_kmin_bytes=action.kmin_bytes, ecn_kmax_bytes=action.kmax_bytes)
+        else:
+            for rank, peer in egress.crossing:
+                server.push(rank, {"pace": {peer: action.cap_bps}})
+        row = {"t_s": round(time.monotonic() - start, 3), "mode": self.mode.name, "egress": f"{hop[0]}->{hop[1]}",
+               "queue_delay_ms": action.queue_delay_ns / 1e6, "target_ms": egress.target_ns / 1e6,
+               "action": action.kind, "kmin_bytes": action.kmin_bytes, "kmax_bytes": action.kmax_bytes,
+               "cap_mbps": None if action.cap_bps is None else round(action.cap_bps / 1e6, 3)}
+        self.actions.append(row)
+        self.log(f"latency: {row['egress']} queue {row['queue_delay_ms']:.2f} ms (target {row['target_ms']:.2f}): "
+                 + (f"ECN {action.kmin_bytes}-{action.kmax_bytes} B" if action.kind == "ecn"
+                    else f"pace {row['cap_mbps'] if row['cap_mbps'] is not None else 'uncapped'} Mbit/s"))
+
+
+def _queues(intfs: dict, counters: dict) -> dict[tuple[str, str], dict]:
+    """Each egress queue's counters (``intfs``: hop -> ShapedIntf) from one qdisc dump per border router
+    (``counters``: node name -> NamespaceCounters)."""
+    dumps = {name: reader.read_queues() for name, reader in counters.items()}
+    return {hop: dumps[intf.node.name][intf.index] for hop, intf in intfs.items()}

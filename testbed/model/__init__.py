@@ -1,0 +1,1 @@
+"""The declared fabric as plain data: sites, DCI links, link settings, their validation and units."""

@@ -1,0 +1,140 @@
+"""Run a command inside a microVM with a stock distribution kernel when this kernel cannot emulate links.
+
+virtme-ng boots Debian's ``linux-image-amd64`` under qemu with the host's root filesystem shared read-only,
+runs one command and returns its exit status (about 20 s of boot under TCG).  Directories the command must
+write to are passed as read-write mounts.  KVM is used only where it is trusted: on bare metal, or when
+``TESTBED_VM_ACCEL=kvm`` says so (nested KVM is often present but broken); otherwise qemu's TCG emulates.
+"""
+
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from testbed.net import cleanup, kernel
+
+IN_VM_ENV = "TESTBED_IN_VM"
+SANE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # busybox shadows tools otherwise
+
+
+class MicroVmError(RuntimeError):
+    """The microVM path is needed but cannot be used; the message says what to install."""
+
+
+def inside() -> bool:
+    return os.environ.get(IN_VM_ENV) == "1"
+
+
+def kernel_image() -> Path:
+    """The newest /boot/vmlinuz-* whose modules include sch_netem and sch_red."""
+    for image in sorted(Path("/boot").glob("vmlinuz-*"), key=lambda p: _version_key(p.name), reverse=True):
+        sched = Path("/lib/modules") / image.name.removeprefix("vmlinuz-") / "kernel/net/sched"
+        if any(sched.glob("sch_netem.ko*")) and any(sched.glob("sch_red.ko*")):
+            return image
+    raise MicroVmError("no kernel with sch_netem and sch_red in /boot: install linux-image-amd64 "
+                       "(scripts/provision.sh does)")
+
+
+def accel() -> str:
+    """'kvm' or 'tcg' (see module docstring); inside the VM, what the host chose for it."""
+    forced = os.environ.get("TESTBED_VM_ACCEL")
+    if forced in ("kvm", "tcg"):
+        return forced
+    nested = "hypervisor" in Path("/proc/cpuinfo").read_text()
+    return "kvm" if os.access("/dev/kvm", os.R_OK | os.W_OK) and not nested else "tcg"
+
+
+def command(argv: list[str], rwdirs: list[Path], cwd: Path) -> list[str]:
+    """The vng command line that runs ``argv`` inside the VM with a sane environment."""
+    vng = shutil.which("vng") or str(Path(sys.executable).parent / "vng")
+    if not Path(vng).exists():
+        raise MicroVmError("virtme-ng (vng) is not installed: run scripts/provision.sh")
+    inner = (f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:{SANE_PATH} {IN_VM_ENV}=1 "
+             f"TESTBED_VM_ACCEL={accel()} PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 MPLCONFIGDIR=/tmp/matplotlib "
+             f"NPY_DISABLE_CPU_FEATURES={shlex.quote(_numpy_dispatched())} && {shlex.join(argv)}")
+    # the root file system is the host's, read-only: matplotlib's cache goes in /tmp
+    cmd = [vng, "-r", str(kernel_image()), "--memory", os.environ.get("TESTBED_VM_MEMORY", "3G"),
+           "--cpus", str(os.cpu_count() or 1), "--cwd", str(cwd), "--exec", inner]
+    if accel() == "tcg":
+        cmd.insert(1, "--disable-kvm")
+    for directory in rwdirs:
+        cmd[1:1] = ["--rwdir", str(directory)]
+    return cmd
+
+
+def _numpy_dispatched() -> str:
+    """numpy's runtime-dispatched SIMD targets (AVX2 and up), switched off inside the VM: under TCG, after a
+    fabric had run, numpy's AVX2 sorts crashed pandas with SIGSEGV in 3 of 4 tries and never with these off."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_dispatch__
+    except ImportError:  # numpy 1.x
+        from numpy.core._multiarray_umath import __cpu_dispatch__
+    return " ".join(__cpu_dispatch__)
+
+
+def start(argv: list[str], rwdirs: list[Path], interactive: bool = False,
+          cwd: Path | None = None) -> subprocess.Popen:
+    """Boot the VM running ``argv`` in ``cwd`` (default: ours); its output is piped unless ``interactive``.
+
+    The VM is its own process group (so it can be killed whole) and is recorded for ``testbed clean``.
+    """
+    for directory in rwdirs:
+        directory.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', SANE_PATH)}")
+    quiet = {} if interactive else {"stdin": subprocess.DEVNULL, "stdout": subprocess.PIPE, "stderr": subprocess.STDOUT}
+    vm = subprocess.Popen(command(argv, rwdirs, cwd or Path.cwd()), env=env, start_new_session=True, **quiet)
+    cleanup.record([], vm_pid=vm.pid)
+    return vm
+
+
+def stop(vm: subprocess.Popen) -> None:
+    """Kill the VM (and everything in it) if it still runs, and drop its cleanup record."""
+    if vm.poll() is None:
+        os.killpg(vm.pid, signal.SIGKILL)
+        vm.wait()
+    cleanup.record_path().unlink(missing_ok=True)
+
+
+def describe(reason: str) -> str:
+    """The one line that tells a user why and how their run moves into a VM."""
+    return f"{reason}; running inside a microVM ({kernel_image().name}, {accel().upper()}, ~20 s to boot)"
+
+
+def run(argv: list[str], rwdirs: list[Path], reason: str) -> int:
+    """Run ``argv`` in the VM, stream its output, return its exit status; Ctrl-C stops the VM."""
+    print(f"testbed: {describe(reason)}", flush=True)
+    vm = start(argv, rwdirs, interactive=sys.stdin.isatty() and sys.stdout.isatty())
+    try:
+        if vm.stdout is not None:
+            relay(vm.stdout, sys.stdout.buffer)
+        return vm.wait()
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        stop(vm)
+
+
+def relay(stream, sink) -> None:
+    """Copy the VM's output line by line (qemu given a file as stdout reopens it and clobbers its start)."""
+    for line in iter(stream.readline, b""):
+        sink.write(line)
+        sink.flush()
+
+
+def needed() -> str | None:
+    """Why this program must move into the microVM, or None (a capable kernel, or inside the VM already)."""
+    return None if inside() else kernel.shortfall()
+
+
+def run_if_needed(argv: list[str], rwdirs: list[Path]) -> int | None:
+    """None where links can be emulated here; else run ``argv`` (this same program, re-invoked) in the
+    microVM, say so in one line, and return its status."""
+    reason = needed()
+    return None if reason is None else run(argv, rwdirs, reason)
+
+
+def _version_key(name: str) -> list:
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in name.replace("-", ".").split(".")]

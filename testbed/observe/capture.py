@@ -1,0 +1,107 @@
+"""Packet captures of chosen links (every DCI link by default), ring-rotated pcaps that ``testbed analyze`` reads.
+
+One tcpdump per link, on one end of it: a tap sees both directions of an interface, and on our links the
+delay line and the bottleneck queue sit on each sender's egress before the tap, so each packet is seen
+once, after it queued and crossed the fibre (CE marks of that queue included, its drops never).  Headers
+only by default (``HEADERS_SNAPLEN``: Ethernet, IPv4, UDP, BTH and the transport's 20-byte header with its
+send timestamp), nanosecond timestamps, and a ring of ``RING_FILES`` files per interface (tcpdump's
+``-C``/``-W``) sized from ``max_mb``, so a long run cannot fill the disk: the oldest file is overwritten.
+RoCEv2 traffic (UDP 4791) in these files decodes in Wireshark/tshark as InfiniBand.
+
+``capture.json`` beside the pcaps holds what the analysis needs: the interfaces with their node, peer and
+MAC (which tells the two directions apart), the offset from pcap time (CLOCK_REALTIME) to the run's
+``time.monotonic_ns`` clock, the telemetry's time zero, the run's queue pairs, and tcpdump's own count
+of packets it could not keep up with.
+
+A capture ends only once the captured links' queues have drained and the last packet has crossed the
+fibre, so it holds all that was sent while it ran.  Immediate mode matters: in libpcap's default block
+ring, packets of a block not yet handed over when tcpdump stops are lost without being counted as drops
+(seen: a quarter of a 2 s run missing).
+"""
+
+import json
+import re
+import signal
+import time
+from pathlib import Path
+
+from testbed.net.link import wait_drained
+from testbed.net.network import Testbed
+
+HEADERS_SNAPLEN = 128  # 14 + 20 + 8 + 12 + 20 = 74 bytes of headers, with room for IP options and VLANs
+RING_FILES = 8
+DEFAULT_MAX_MB = 1000
+BUFFER_KIB = 16384  # tcpdump's kernel buffer: bursts at line rate must not overrun it
+DROPPED = re.compile(r"(\d+) packets? dropped by kernel")
+
+
+def clock_offset_ns(tries: int = 5) -> int:
+    """CLOCK_REALTIME minus CLOCK_MONOTONIC, from the tightest of a few adjacent readings."""
+    best = None
+    for _ in range(tries):
+        before = time.monotonic_ns()
+        real = time.time_ns()
+        after = time.monotonic_ns()
+        if best is None or after - before < best[0]:
+            best = (after - before, real - (before + after) // 2)
+    return best[1]
+
+
+class Capture:
+    """Context manager: tcpdump on one end of each of ``links`` (default every DCI link) while the block runs.
+
+    After the block, ``files`` lists the pcaps and ``kernel_drops`` maps each interface to the packets
+    tcpdump missed (0 when the capture is complete).
+    """
+
+    def __init__(self, tb: Testbed, out_dir: Path, links: list | None = None, snaplen: int = HEADERS_SNAPLEN,
+                 max_mb: int = DEFAULT_MAX_MB, t0_ns: int | None = None, queue_pairs: list[dict] | None = None):
+        self.tb, self.out_dir = tb, Path(out_dir)
+        self.links = links if links is not None else [link for _, link in tb.dci_links()]
+        self.snaplen, self.t0_ns, self.queue_pairs = snaplen, t0_ns, queue_pairs or []
+        self.file_mb = max(1, max_mb // (RING_FILES * len(self.links)))
+        self.procs: dict[str, object] = {}
+        self.kernel_drops: dict[str, int] = {}
+        self._offset_ns = 0
+
+    @property
+    def files(self) -> list[Path]:
+        """Every pcap written so far, rotated parts included, by interface."""
+        return sorted(p for intf in self.procs for p in self.out_dir.glob(f"{intf}.pcap*"))
+
+    def __enter__(self) -> "Capture":
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._offset_ns = clock_offset_ns()
+        for link in self.links:
+            intf = link.intf1
+            self.procs[intf.name] = intf.node.popen(
+                ["tcpdump", "-i", intf.name, "-s", str(self.snaplen), "-B", str(BUFFER_KIB), "--immediate-mode",
+                 "--time-stamp-precision=nano", "-n", "-Z", "root", "-C", str(self.file_mb), "-W", str(RING_FILES),
+                 "-w", str(self.out_dir / f"{intf.name}.pcap")])
+        deadline = time.monotonic() + 10
+        while len(self.files) < len(self.procs) and time.monotonic() < deadline:
+            time.sleep(0.1)  # tcpdump creates the first file once it is listening
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._drain()
+        for proc in self.procs.values():
+            proc.send_signal(signal.SIGINT)
+        for name, proc in self.procs.items():
+            found = DROPPED.search(proc.communicate(timeout=30)[1].decode(errors="replace"))
+            self.kernel_drops[name] = int(found.group(1)) if found else 0
+        (self.out_dir / "capture.json").write_text(json.dumps(self.metadata(), indent=2))
+
+    def metadata(self) -> dict:
+        dci_names = {id(link): name for name, link in self.tb.dci_links()}
+        return {"snaplen": self.snaplen, "clock_offset_ns": self._offset_ns, "t0_monotonic_ns": self.t0_ns,
+                "rotation": {"file_mb": self.file_mb, "files": RING_FILES},
+                "interfaces": [{"intf": link.intf1.name, "node": link.intf1.node.name, "peer": link.intf2.node.name,
+                                "dci": dci_names.get(id(link)), "mac": link.intf1.MAC()} for link in self.links],
+                "queue_pairs": self.queue_pairs, "kernel_drops": self.kernel_drops}
+
+    def _drain(self, timeout_s: float = 10.0) -> None:
+        """Wait until no captured link holds a backlog either way, then for the longest one-way delay."""
+        wait_drained([intf for link in self.links for intf in (link.intf1, link.intf2)], timeout_s, poll_s=0.02)
+        longest_ms = max(link.intf1.shape.delay_ms + 4 * link.intf1.shape.jitter_ms for link in self.links)
+        time.sleep(longest_ms / 1000 + 0.05)

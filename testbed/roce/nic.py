@@ -1,0 +1,228 @@
+"""A host's RoCE NIC in software: one UDP socket on port 4791 shared by all its queue pairs, and the event loop.
+
+A RoCEv2 NIC receives every queue pair's traffic on UDP port 4791 and tells them apart by the destination
+QP in the BTH; so does ``Nic``.  Data, ACKs, NAKs and CNPs all leave from and go to port 4791, so every
+packet of a capture decodes as RoCE in Wireshark and tshark.  The IP TOS byte (DSCP and ECN) is set per
+packet (data ECT(0), ACK/NAK Not-ECT, CNP ECT(1), see ``rocev2.ip_tos``) through ``sendmsg`` ancillary data.
+
+A NIC can be created inside another network namespace (``netns``, e.g. a Mininet host's
+``/proc/<pid>/ns/net``): only its socket is made there, by the calling thread entering the namespace
+for that one call, so one process can drive queue pairs between any hosts of a running fabric.
+
+The event loop (``run``) serves one or more NICs in one thread: it fires their queue pairs' clocks
+(pacing, timers), reads their sockets and dispatches packets, until a predicate holds.  What it serves is
+an ``Endpoint``: anything with a QP number that takes packets and clock ticks (the queue-pair ends of
+``testbed.roce.transport`` are the ones the testbed has).
+"""
+
+import abc
+import os
+import selectors
+import socket
+import time
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
+from typing import Self
+
+from pyroute2 import netns as pyroute2_netns
+
+from testbed.roce.rocev2 import (
+    ROCEV2_UDP_PORT,
+    BadIcrc,
+    Flow,
+    Kind,
+    MalformedPacket,
+    RocePacket,
+    configure_socket,
+    ip_tos,
+    parse,
+)
+
+RECV_BUFFER_BYTES = 4 << 20
+MAX_WAIT_NS = 5_000_000  # the loop re-checks its predicate at least this often (another thread may set it)
+RECV_BATCH = 64  # datagrams read per wake-up before timers and sends get their turn
+MAX_DATAGRAM = 65_535
+FIRST_QPN = 2  # QP0 and QP1 are InfiniBand's management queue pairs
+_CMSG_SPACE = socket.CMSG_SPACE(4)
+FAR_FUTURE_NS = 1 << 62
+
+
+class Endpoint(abc.ABC):
+    """What a NIC serves: queue pair ``qpn``'s packets and its clock."""
+
+    qpn: int
+
+    @abc.abstractmethod
+    def on_packet(self, packet: RocePacket, tos: int, peer: tuple[str, int], now_ns: int) -> None:
+        """Handle a packet for this QP that arrived with IP TOS ``tos`` from ``peer``."""
+
+    @abc.abstractmethod
+    def on_clock(self, now_ns: int) -> None:
+        """Do whatever is due at ``now_ns`` (send paced packets, fire timers)."""
+
+    @abc.abstractmethod
+    def next_wakeup_ns(self, now_ns: int) -> int:
+        """When ``on_clock`` next has something to do (``FAR_FUTURE_NS`` if nothing)."""
+
+
+@contextmanager
+def entered(netns: str | None):
+    """Run the block in the network namespace at path ``netns`` (this thread only); None: stay."""
+    if netns is None:
+        yield
+        return
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(netns, os.O_RDONLY)
+    try:
+        pyroute2_netns.setns(target)
+        try:
+            yield
+        finally:
+            pyroute2_netns.setns(home)
+    finally:
+        os.close(target)
+        os.close(home)
+
+
+class Nic:
+    """UDP port ``port`` (4791) at IPv4 ``address`` (in namespace ``netns``), shared by the queue pairs attached."""
+
+    def __init__(self, address: str, port: int = ROCEV2_UDP_PORT, netns: str | None = None) -> None:
+        if address == "0.0.0.0":
+            raise ValueError("bind to a concrete IPv4 address: the ICRC covers the addresses")
+        self._default_tos = ip_tos(Kind.DATA)
+        with entered(netns):
+            self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER_BYTES)
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, RECV_BUFFER_BYTES)
+            self._sock.setsockopt(socket.IPPROTO_IP, socket.IP_RECVTOS, 1)
+            configure_socket(self._sock, self._default_tos)
+            self._sock.bind((address, port))
+            self._sock.setblocking(False)
+        except OSError:
+            self._sock.close()
+            raise
+        self.address: tuple[str, int] = self._sock.getsockname()
+        self.netns = netns
+        # every datagram leaves through here: tests wrap it to drop, duplicate, reorder or corrupt packets
+        self.sendto: Callable[[bytes, int, tuple[str, int]], object] = self._sendto
+        self._ends: dict[int, Endpoint] = {}
+        self._next_qpn = FIRST_QPN
+        self._flows: dict[tuple[str, int], tuple[Flow, Flow]] = {}
+        self.counters: dict[str, int] = {"bad_icrc": 0, "malformed": 0, "unknown_qpn": 0}
+
+    def __repr__(self) -> str:
+        return f"Nic({self.address[0]}:{self.address[1]}, {len(self._ends)} queue pairs)"
+
+    def new_qpn(self) -> int:
+        """A queue pair number not in use on this NIC."""
+        while self._next_qpn in self._ends:
+            self._next_qpn += 1
+        qpn, self._next_qpn = self._next_qpn, self._next_qpn + 1
+        return qpn
+
+    def attach(self, end: Endpoint) -> None:
+        if end.qpn in self._ends:
+            raise ValueError(f"QP {end.qpn} is already in use on {self!r}")
+        self._ends[end.qpn] = end
+
+    def detach(self, end: Endpoint) -> None:
+        if self._ends.get(end.qpn) is end:
+            del self._ends[end.qpn]
+
+    def flows(self, peer: tuple[str, int]) -> tuple[Flow, Flow]:
+        """(incoming, outgoing) ``Flow`` with ``peer``: what the ICRC of each direction covers."""
+        pair = self._flows.get(peer)
+        if pair is None:
+            (local_ip, local_port), (peer_ip, peer_port) = self.address, peer
+            pair = Flow(peer_ip, local_ip, peer_port, local_port), Flow(local_ip, peer_ip, local_port, peer_port)
+            self._flows[peer] = pair
+        return pair
+
+    def run_until(self, predicate: Callable[[], bool], timeout_s: float) -> bool:
+        """Run this NIC's loop until ``predicate()`` holds (True) or ``timeout_s`` passes (False)."""
+        return run([self], predicate, timeout_s)
+
+    def close(self) -> None:
+        """Release the socket (idempotent)."""
+        self._sock.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _sendto(self, packet: bytes, tos: int, peer: tuple[str, int]) -> None:
+        if tos == self._default_tos:
+            self._sock.sendto(packet, peer)
+        else:
+            self._sock.sendmsg([packet], [(socket.IPPROTO_IP, socket.IP_TOS, bytes([tos]))], 0, peer)
+
+    def _on_clock(self, now_ns: int) -> None:
+        for end in list(self._ends.values()):
+            end.on_clock(now_ns)
+
+    def _next_wakeup_ns(self, now_ns: int) -> int:
+        return min((end.next_wakeup_ns(now_ns) for end in self._ends.values()), default=FAR_FUTURE_NS)
+
+    def _drain(self) -> None:
+        for _ in range(RECV_BATCH):
+            try:
+                data, ancillary, _, peer = self._sock.recvmsg(MAX_DATAGRAM, _CMSG_SPACE)
+            except (BlockingIOError, InterruptedError):
+                return
+            packet = self._parse(data, peer)
+            if packet is not None:
+                self._dispatch(packet, _tos(ancillary), peer, time.monotonic_ns())
+
+    def _parse(self, data: bytes, peer: tuple[str, int]) -> RocePacket | None:
+        """The packet in ``data`` from ``peer``, or None (counted as bad_icrc or malformed) if it is not one."""
+        try:
+            return parse(data, self.flows(peer)[0])
+        except BadIcrc:
+            self.counters["bad_icrc"] += 1
+        except MalformedPacket:
+            self.counters["malformed"] += 1
+        return None
+
+    def _dispatch(self, packet: RocePacket, tos: int, peer: tuple[str, int], now_ns: int) -> None:
+        end = self._ends.get(packet.dqpn)
+        if end is None:
+            self.counters["unknown_qpn"] += 1
+        else:
+            end.on_packet(packet, tos, peer, now_ns)
+
+
+def run(nics: Iterable[Nic], predicate: Callable[[], bool], timeout_s: float) -> bool:
+    """Serve ``nics`` in this thread until ``predicate()`` holds (True) or ``timeout_s`` passes (False)."""
+    nics = list(nics)
+    deadline = time.monotonic_ns() + round(timeout_s * 1e9)
+    wait_s = 0.0
+    with selectors.DefaultSelector() as selector:
+        for nic in nics:
+            selector.register(nic._sock, selectors.EVENT_READ, nic)
+        while True:
+            # read what arrived before firing timers: after a pause (GC, a busy core) the ACKs that would
+            # have stopped a retransmission timeout are usually already waiting in the socket
+            for key, _ in selector.select(wait_s):
+                key.data._drain()
+            now = time.monotonic_ns()
+            for nic in nics:
+                nic._on_clock(now)
+            if predicate():
+                return True
+            now = time.monotonic_ns()
+            if now >= deadline:
+                return False
+            wake = min(deadline, now + MAX_WAIT_NS, *(nic._next_wakeup_ns(now) for nic in nics))
+            wait_s = max(0, wake - now) / 1e9
+
+
+def _tos(ancillary: list[tuple[int, int, bytes]]) -> int:
+    """The IP TOS byte from ``IP_RECVTOS`` ancillary data (0 if absent)."""
+    for level, kind, data in ancillary:
+        if level == socket.IPPROTO_IP and kind == socket.IP_TOS and data:
+            return data[0]
+    return 0

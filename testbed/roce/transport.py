@@ -1,0 +1,90 @@
+"""A reliable, paced, RoCE-like transport over ordinary UDP sockets: what both ends of a queue pair share.
+
+One queue pair carries messages one way: a ``Sender`` (``testbed.roce.sender``) segments them into
+RoCEv2 SEND packets (``testbed.roce.rocev2``) and a ``Receiver`` (``testbed.roce.receiver``) reassembles
+them and answers with ACKs, NAKs and CNPs, as a RoCE NIC's requester and responder do:
+
+- the receiver accepts only the PSN it expects, delivers messages in order and exactly once, ACKs
+  cumulatively (coalesced), sends one NAK per gap and a paced CNP when data arrives CE-marked;
+- the sender recovers by go-back-N (from a NAK's PSN, or from the oldest unacknowledged PSN after a
+  retransmission timeout), paces at its congestion control's rate and caps unacknowledged bytes at its
+  window.  Selective repeat is an option (``TransportConfig.selective_repeat``): a NAK or a timeout
+  then resends only the missing packet and the receiver buffers out-of-order packets within a window.
+
+Both ends are attached to a ``Nic`` (``testbed.roce.nic``): a host's one UDP socket on port 4791, which carries
+every queue pair of the host and hands each packet to the end its destination QP names.  The ends do
+nothing on their own: they run inside their NIC's event loop, which runs only inside blocking calls
+(``Sender.flush``, ``Receiver.recv``, ``testbed.roce.nic.run``).  A receiver's loop must keep running until its
+sender has flushed, so late retransmissions are still acknowledged.
+
+Both ends are built from the same ``TransportConfig`` (like the PSNs and QPNs a RoCE connection exchanges
+at setup).
+"""
+
+from dataclasses import dataclass
+from typing import Self
+
+from testbed.roce.nic import Endpoint, Nic
+from testbed.roce.psn import PSN_MASK
+from testbed.roce.rocev2 import DEFAULT_MTU, QPN_MAX, check_mtu
+
+
+@dataclass(frozen=True)
+class TransportConfig:
+    """Settings both ends of a queue pair agree on; times in ns."""
+
+    mtu: int = DEFAULT_MTU
+    start_psn: int = 0
+    ackreq_every: int = 16  # the sender asks for an ACK every this many packets (and at each message's end)
+    ack_every: int = 8  # the receiver ACKs after this many packets without an ACK request
+    ack_delay_ns: int = 100_000  # ... or this long after the first unacknowledged one
+    initial_rto_ns: int = 200_000_000
+    min_rto_ns: int = 10_000_000
+    max_rto_ns: int = 2_000_000_000
+    cnp_interval_ns: int | None = None  # the receiver's CNP pacing; None: its notification point's default
+    dscp: int = 0
+    selective_repeat: bool = False  # resend only the missing packet; the receiver buffers out-of-order ones
+    reorder_window: int = 1024  # packets past the expected PSN the receiver buffers with selective repeat
+
+    def __post_init__(self) -> None:
+        check_mtu(self.mtu)
+        if not 0 <= self.start_psn <= PSN_MASK:
+            raise ValueError(f"start_psn must be in [0, 2**24), got {self.start_psn}")
+        for name in ("ackreq_every", "ack_every", "reorder_window"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("ack_delay_ns", "cnp_interval_ns"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+def check_qpns(qpn: int, peer_qpn: int) -> None:
+    """Raise unless both queue pair numbers fit the BTH's 24 bits (before any packet is built)."""
+    for name, value in (("qpn", qpn), ("peer_qpn", peer_qpn)):
+        if not 0 <= value <= QPN_MAX:
+            raise ValueError(f"{name} must be in [0, {QPN_MAX}], got {value}")
+
+
+class QueuePairEnd(Endpoint):
+    """One end of queue pair ``qpn`` on ``nic``, talking to the peer's queue pair ``peer_qpn``."""
+
+    def __init__(self, nic: Nic, qpn: int, peer_qpn: int, config: TransportConfig) -> None:
+        check_qpns(qpn, peer_qpn)
+        self.nic, self.qpn, self.peer_qpn, self.config = nic, qpn, peer_qpn, config
+        self.counters: dict[str, int] = {"malformed": 0}  # subclasses add their own
+        nic.attach(self)
+
+    def close(self) -> None:
+        """Detach from the NIC (idempotent): packets for this QP are then counted as unknown there."""
+        self.nic.detach(self)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def run_until(self, predicate, timeout_s: float) -> bool:
+        """Run this end's NIC (and so every queue pair on it) until ``predicate()`` or ``timeout_s``."""
+        return self.nic.run_until(predicate, timeout_s)
