@@ -19,7 +19,7 @@ import pandas as pd
 
 from testbed.collective import nccl_tests
 from testbed.collective.runner import bounds_beside, perf
-from testbed.collective.schedules import Algorithm
+from testbed.collective.schedules.model import Algorithm
 from testbed.net import microvm
 from testbed.results.console import console
 from testbed.results.tables import frame_table

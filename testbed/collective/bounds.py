@@ -6,7 +6,7 @@ a link's rate (the *bandwidth term*) or the chain of dependent messages (the *la
 Model
 -----
 Traffic is not guessed from formulas: it is read off the very schedules the ranks execute
-(:func:`testbed.collective.schedules.build_schedules`), with nccl-tests' element counts
+(:func:`testbed.collective.schedules.builder.build_schedules`), with nccl-tests' element counts
 (:func:`testbed.collective.nccl_tests.coll_counts`), so chunking, channels, uneven splits and the hierarchical
 algorithm are all accounted exactly.  Every send step is one message of ``nelems * itemsize`` bytes; the
 transport cuts it into ``ceil(bytes / packet_payload)`` packets that each carry ``packet_overhead`` bytes
@@ -56,7 +56,8 @@ from functools import lru_cache
 import networkx as nx
 
 from testbed.collective import nccl_tests
-from testbed.collective.schedules import Schedule, Step, build_schedules
+from testbed.collective.schedules.builder import build_schedules
+from testbed.collective.schedules.model import Schedule, Step
 from testbed.model.units import ETHERNET_HEADER_BYTES
 from testbed.roce.rocev2 import DATA_HEADER_LEN, WIRE_OVERHEAD, data_capacity
 

@@ -29,7 +29,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from testbed.collective.schedules import COLLECTIVES, REDUCTION_OPS
+from testbed.collective.schedules.model import COLLECTIVES, REDUCTION_OPS
 
 ROOTED = frozenset({"broadcast", "reduce"})
 REDUCING = frozenset({"all_reduce", "reduce_scatter", "reduce"})

@@ -24,16 +24,10 @@ from controllers.registry import from_spec
 from testbed.collective.control_channel import ControlClient
 from testbed.collective.flow_samples import FlowSampler
 from testbed.collective.qp_numbers import receiver_qpn, sender_qpn
-from testbed.collective.schedules import (
-    UFUNCS,
-    Schedule,
-    apply_step,
-    build_schedule,
-    count_wrong,
-    expected,
-    rank_buffers,
-    step_graph,
-)
+from testbed.collective.schedules.builder import build_schedule
+from testbed.collective.schedules.checking import count_wrong, expected
+from testbed.collective.schedules.model import UFUNCS, Schedule
+from testbed.collective.schedules.steps import apply_step, rank_buffers, step_graph
 from testbed.roce.nic import Nic, run
 from testbed.roce.receiver import Receiver
 from testbed.roce.sender import Sender

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from controllers.dcqcn import Dcqcn
 from testbed.collective import nccl_tests
 from testbed.collective.bounds import collective_bound, rank_sites
-from testbed.collective.schedules import Algorithm
+from testbed.collective.schedules.model import Algorithm
 from testbed.roce.queue_pair import line_rate_bps
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from testbed.collective import nccl_tests
-from testbed.collective.schedules import COLLECTIVES, Algorithm
+from testbed.collective.schedules.model import COLLECTIVES, Algorithm
 from testbed.commands.options import (
     UsageError,
     add_algorithm_options,

@@ -13,7 +13,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from testbed.collective import nccl_tests
-from testbed.collective.schedules import Algorithm
+from testbed.collective.schedules.model import Algorithm
 from testbed.model.fabric import LinkConfig
 from testbed.net import microvm
 from testbed.net.topo import FabricTopo

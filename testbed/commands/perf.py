@@ -8,7 +8,7 @@ import pandas as pd
 
 from testbed.collective import nccl_tests
 from testbed.collective.runner import bounds_beside, perf
-from testbed.collective.schedules import COLLECTIVES, Algorithm
+from testbed.collective.schedules.model import COLLECTIVES, Algorithm
 from testbed.commands.options import (
     add_algorithm_options,
     add_observe_options,

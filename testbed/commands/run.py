@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from testbed.collective import nccl_tests
-from testbed.collective.schedules import Algorithm
+from testbed.collective.schedules.model import Algorithm
 from testbed.commands.options import (
     UsageError,
     add_observe_options,

@@ -25,7 +25,8 @@ from testbed.collective import nccl_tests
 from testbed.collective.bounds import rank_sites
 from testbed.collective.control_channel import ControlServer
 from testbed.collective.runner import bounds_beside, start_ranks, sweep
-from testbed.collective.schedules import Algorithm, flows
+from testbed.collective.schedules.builder import flows
+from testbed.collective.schedules.model import Algorithm
 from testbed.experiments.discovery import SitePath, discover
 from testbed.experiments.fabric_controller import FabricController
 from testbed.experiments.modes import lookup

@@ -5,7 +5,7 @@ tests check is correctness across the DCIs (with loss too), not speed.
 """
 
 from testbed.collective.runner import command
-from testbed.collective.schedules import Algorithm
+from testbed.collective.schedules.model import Algorithm
 
 PACED = {"kind": "fixed", "rate_bps": 20e6}
 CHUNKED = Algorithm(nchannels=2, chunk_bytes=1024)  # several chunks per step and two rings even at 4 KB

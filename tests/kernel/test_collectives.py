@@ -9,7 +9,7 @@ from collective_checks import CHUNKED, HIERARCHICAL, PACED, wrong
 
 from testbed.collective import nccl_tests
 from testbed.collective.runner import start_ranks, sweep
-from testbed.collective.schedules import COLLECTIVES
+from testbed.collective.schedules.model import COLLECTIVES
 
 pytestmark = pytest.mark.kernel
 

@@ -4,7 +4,8 @@ DCI queue held near its target, every table and file written."""
 import pytest
 
 from testbed.collective import nccl_tests
-from testbed.collective.schedules import Algorithm, flows
+from testbed.collective.schedules.builder import flows
+from testbed.collective.schedules.model import Algorithm
 from testbed.commands.compare import COMPARE_SCENARIO
 from testbed.experiments.comparison import compare, save
 from testbed.experiments.fabric_controller import FabricController

@@ -8,7 +8,8 @@ import pytest
 from collective_checks import CHUNKED, HIERARCHICAL, PACED, wrong
 
 from testbed.collective.runner import start_ranks
-from testbed.collective.schedules import COLLECTIVES, Algorithm, flows
+from testbed.collective.schedules.builder import flows
+from testbed.collective.schedules.model import COLLECTIVES, Algorithm
 from testbed.experiments.checks import REFERENCE_KM, RTT_TOLERANCE_MS, RTT_TOLERANCE_PCT, dci_at_reference_distance
 from testbed.experiments.discovery import border_rtt_ms, discover
 from testbed.experiments.fabric_controller import FabricController

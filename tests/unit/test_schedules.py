@@ -8,21 +8,10 @@ import itertools
 import numpy as np
 import pytest
 
-from testbed.collective.schedules import (
-    COLLECTIVES,
-    DeadlockError,
-    Schedule,
-    ScheduleError,
-    Step,
-    Traffic,
-    build_schedule,
-    build_schedules,
-    count_wrong,
-    expected,
-    float_tolerance,
-    run_schedules,
-    simulate,
-)
+from testbed.collective.schedules.builder import build_schedule, build_schedules
+from testbed.collective.schedules.checking import count_wrong, expected, float_tolerance
+from testbed.collective.schedules.model import COLLECTIVES, DeadlockError, Schedule, ScheduleError, Step, Traffic
+from testbed.collective.schedules.simulator import run_schedules, simulate
 
 NRANKS = (1, 2, 3, 4, 8)
 CHUNKS = (1 << 20, 64, 3)  # one chunk per step, a few, many
@@ -346,7 +335,7 @@ def test_step_and_schedule_validation():
     with pytest.raises(ValueError):
         Step(index=1, channel=0, recv_peer=0, dst=None, send_peer=None)
     with pytest.raises(ValueError, match="earlier"):
-        from testbed.collective.schedules import Region
+        from testbed.collective.schedules.model import Region
         Step(index=1, channel=0, src=Region("send", 0, 1), send_peer=0, deps=(1,))
     with pytest.raises(ValueError, match="collective"):
         build_schedule("allreduce", 0, 2, 4)
