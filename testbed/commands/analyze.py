@@ -7,8 +7,11 @@ from pathlib import Path
 import pandas as pd
 
 from testbed.commands.options import UsageError
-from testbed.results import analysis, report
+from testbed.results import report
+from testbed.results.analysis import analyze, save
 from testbed.results.console import console, say, say_path
+from testbed.results.crosscheck import cross_check, disagreements
+from testbed.results.pcap import AnalysisError
 from testbed.results.tables import frame_table
 
 
@@ -30,15 +33,15 @@ def handle(args: argparse.Namespace, argv: list[str]) -> int:
         raise UsageError(f"results directory {args.results_dir} does not exist")
     try:
         with console.status("reading the captures"):
-            result = analysis.analyze(args.results_dir, bin_s=args.bin_ms / 1e3)
-    except analysis.AnalysisError as error:
+            result = analyze(args.results_dir, bin_s=args.bin_ms / 1e3)
+    except AnalysisError as error:
         raise UsageError(str(error)) from None
     telemetry = {name: _parquet_or_none(args.results_dir / "telemetry" / f"{name}.parquet")
                  for name in ("flows", "queues")}
-    check = analysis.cross_check(result, telemetry["flows"], telemetry["queues"])
-    analysis.save(result, check, args.results_dir / "analysis")
+    check = cross_check(result, telemetry["flows"], telemetry["queues"])
+    save(result, check, args.results_dir / "analysis")
     console.print(frame_table("flows in the capture", _capture_summary(result.flows)))
-    lines = analysis.disagreements(check)
+    lines = disagreements(check)
     for line in lines:
         say(line)
     console.print(f"{len(lines)} of {len(check)} cross-checks of the capture against the run's telemetry "

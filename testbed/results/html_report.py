@@ -12,10 +12,10 @@ import base64
 import errno
 import json
 import math
+from collections.abc import Sequence
 from datetime import datetime
 from html import escape
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 

@@ -15,8 +15,8 @@ mode's: lines never join across a mode change and counters are never differenced
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import matplotlib
 import numpy as np

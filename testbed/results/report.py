@@ -11,6 +11,7 @@ import pandas as pd
 from testbed.net import microvm
 from testbed.results.console import console, say_path
 
+
 def save(out_dir: Path, params: dict, results: dict[str, list]) -> list[Path]:
     """results/<name>.csv per table plus run.json with the parameters and every number."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -41,10 +42,10 @@ class ReportError(RuntimeError):
 
 
 def render(out_dir: Path) -> Path | None:
-    """Plots and ``report.html`` (``testbed.results.html_report``) drawn in a fresh interpreter, so a crash costs only
-    the pictures, never a run's results; None inside the microVM, where the host draws them once the VM exits
-    (``testbed.cli``): drawing needs no kernel and is ~30x faster natively than under TCG (where numpy's AVX2
-    sorts also crashed pandas until ``microvm`` switched them off)."""
+    """Plots and ``report.html`` (``testbed.results.html_report``) drawn in a fresh interpreter, so a crash costs
+    only the pictures, never a run's results; None inside the microVM, where the host draws them once the VM
+    exits (``testbed.commands.options``): drawing needs no kernel and is ~30x faster natively than under TCG
+    (where numpy's AVX2 sorts also crashed pandas until ``microvm`` switched them off)."""
     if microvm.inside():
         return None
     done = subprocess.run([sys.executable, "-X", "faulthandler", "-m", "testbed.results.html_report", str(out_dir)],

@@ -11,16 +11,10 @@ from scapy.all import ARP, ICMP, IP, UDP, Dot1Q, Ether, Raw, raw
 from scapy.contrib.roce import AETH, BTH
 from scapy.utils import PcapWriter
 
-from testbed.results.analysis import (
-    AnalysisError,
-    analyze,
-    classify_psns,
-    cross_check,
-    decode,
-    disagreements,
-    read_packets,
-    save,
-)
+from testbed.results.analysis import analyze, save
+from testbed.results.capture_flows import classify_psns
+from testbed.results.crosscheck import cross_check, disagreements
+from testbed.results.pcap import AnalysisError, decode, read_packets
 from testbed.roce.rocev2 import CE, ECT0, ECT1, NOT_ECT, Flow, build_ack, build_cnp, build_data, build_nak
 
 WEST, EAST = "10.1.0.2", "10.2.0.2"

@@ -15,6 +15,7 @@ from testbed.results.html_report import build_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MODES = ("baseline", "adaptive")
+MODES_SORTED = sorted(MODES)
 INTERVAL_S = 0.05
 SAMPLES_PER_MODE = 20
 MODE_START_S = {"baseline": 0.0, "adaptive": 1.5}  # the modes run one after another on one time axis
@@ -212,9 +213,23 @@ def test_ce_cnp_plots_with_only_one_of_its_inputs(tmp_path):
     assert_png(plots.plot_ce_cnp(None, flows_frame(), tmp_path / "ce-cnp.png"))
 
 
-def test_a_single_unnamed_mode_plots_without_mode_marks(tmp_path):
+def test_a_single_unnamed_mode_plots_without_mode_marks(tmp_path, monkeypatch):
+    """Unnamed samples (``testbed perf``, one mode) get no shaded spans and no names; named modes get one
+    span and one name each, on every axes of the figure."""
+    figures = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda figure, path: figures.append(figure) or save(figure, path))
+
+    def marks(figure) -> list[tuple[int, list[str]]]:
+        return [(len(axes.patches), sorted(text.get_text().strip() for text in axes.texts)) for axes in figure.axes]
+
     assert_png(plots.plot_dci_queue_delay(queues_frame().assign(mode=""), tmp_path / "queues.png"))
     assert_png(plots.plot_flow_rate(flows_frame().assign(mode=""), tmp_path / "flows.png"))
+    assert [marks(figure) for figure in figures] == [[(0, [])], [(0, []), (0, [])]]
+    figures.clear()
+    plots.plot_dci_queue_delay(queues_frame(), tmp_path / "queues.png")
+    plots.plot_flow_rate(flows_frame(), tmp_path / "flows.png")
+    assert [marks(figure) for figure in figures] == [[(2, MODES_SORTED)], [(2, MODES_SORTED), (2, [])]]
 
 
 def test_missing_inputs_are_skipped_and_stale_plots_removed(tmp_path):

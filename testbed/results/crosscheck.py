@@ -1,0 +1,135 @@
+"""Whether a run's captures and its own telemetry (``RESULTS_DIR/telemetry``: what the senders, receivers and
+queues counted) agree: two independent views of the same packets; where they do not, one of them is wrong.
+
+Cross-check (``cross_check``)
+    Per flow row, against the sum over modes of the last sample of every (mode, rank, peer, channel, side)
+    whose src/dst/dqpn match: ``data_packets`` vs sender ``packets_sent``, ``ip_bytes`` vs
+    ``ip_bytes_sent``, ``retransmitted`` vs ``retransmitted_packets`` and ``ce_packets`` vs receiver
+    ``ce_marked`` when the row has data packets; ``cnps`` vs ``cnps_sent`` and ``naks`` vs ``naks_sent`` when
+    it has ACK/NAK/CNP packets (the reverse path crosses this tap).  ``ok`` when |capture - run| <=
+    ``tolerance`` * max(|run|, 1), for every quantity.  Packets dropped before the tap make the capture
+    short (the note gives the egress queue's drops); a flow the telemetry does not know has run NA, not ok.
+    Per captured (interface, direction) whose egress queue has samples during the capture: CE-marked RoCE
+    packets seen leaving through it vs the increase of the queue's ``ecn_marks`` (last - first sample within
+    the capture).  Informational lower bound: every mark the queue made is either seen at the tap or among
+    its drops, while marks made upstream in the same site only add, so ``ok`` when capture >= marks - drops
+    - ``tolerance`` * max(marks, 1).
+"""
+
+import pandas as pd
+
+from testbed.results.capture_flows import CaptureAnalysis, egress_of
+from testbed.roce.rocev2 import CE
+
+# The check frame (``cross_check``): ``scope``, ``quantity``, ``capture``, ``run`` (NaN: no telemetry),
+# ``difference`` (capture - run), ``ok``, ``note``.
+CHECK_COLUMNS = ("scope", "quantity", "capture", "run", "difference", "ok", "note")
+
+# (flows column, telemetry side, telemetry counter); the first four need data on the row, the rest control
+DATA_CHECKS = (("data_packets", "sender", "packets_sent"), ("ip_bytes", "sender", "ip_bytes_sent"),
+               ("retransmitted", "sender", "retransmitted_packets"), ("ce_packets", "receiver", "ce_marked"))
+CONTROL_CHECKS = (("cnps", "receiver", "cnps_sent"), ("naks", "receiver", "naks_sent"))
+RUN_ENDS = ["mode", "rank", "peer", "channel", "side"]  # one queue-pair end's counters within a mode
+
+
+def cross_check(analysis: CaptureAnalysis, flows: pd.DataFrame | None, queues: pd.DataFrame | None,
+                tolerance: float = 0.01) -> pd.DataFrame:
+    """The capture's counts against the run's telemetry (``flows.parquet``, ``queues.parquet``), one row per
+    quantity compared; rules in the module docstring."""
+    drops = _queue_increases(analysis.packets, queues, "drops")
+    rows = [] if flows is None else _flow_rows(analysis, flows, drops, tolerance)
+    if queues is not None:
+        rows += _queue_rows(analysis, _queue_increases(analysis.packets, queues, "ecn_marks"), drops, tolerance)
+    return pd.DataFrame(rows, columns=list(CHECK_COLUMNS))
+
+
+def _run_totals(flows: pd.DataFrame, side: str, counters: list[str]) -> dict[tuple, pd.Series]:
+    """Per (src, dst, dqpn): ``side``'s final counters summed over modes (and ends, were there several)."""
+    ends = flows[flows["side"] == side].sort_values("t_s", kind="stable")
+    finals = ends.groupby(RUN_ENDS, dropna=False).tail(1)
+    totals = finals.groupby(["src", "dst", "dqpn"])[counters].sum()
+    return {(src, dst, int(dqpn)): row for (src, dst, dqpn), row in totals.iterrows()}
+
+
+def _flow_rows(analysis: CaptureAnalysis, flows: pd.DataFrame, drops: dict, tolerance: float) -> list[dict]:
+    totals = {side: _run_totals(flows, side, [counter for _, s, counter in DATA_CHECKS + CONTROL_CHECKS if s == side])
+              for side in ("sender", "receiver")}
+    kernel_drops = analysis.meta.get("kernel_drops") or {}
+    rows = []
+    for flow in analysis.flows.itertuples(index=False):
+        dqpn = None if pd.isna(flow.dqpn) else int(flow.dqpn)
+        scope = f"{flow.intf} {flow.src}->{flow.dst} qp {'?' if dqpn is None else dqpn}"
+        checks = (DATA_CHECKS if flow.data_packets else ()) + (CONTROL_CHECKS if flow.acks + flow.naks + flow.cnps
+                                                              else ())
+        for column, side, counter in checks:
+            total = totals[side].get((flow.src, flow.dst, dqpn))
+            captured = getattr(flow, column)
+            if total is None:
+                unknown = "no telemetry for this queue pair" if dqpn is not None else "no queue pair claims these"
+                rows.append(_row(scope, column, captured, float("nan"), False, unknown))
+                continue
+            run = float(total[counter])
+            # data leaves through the flow's egress; its ACKs, NAKs and CNPs come back through the opposite one
+            egress = _reverse(flow.egress) if (column, side, counter) in CONTROL_CHECKS else flow.egress
+            note = _shortfall_note(captured, run, column, drops.get(egress), kernel_drops.get(flow.intf))
+            rows.append(_row(scope, column, captured, run, abs(captured - run) <= tolerance * max(abs(run), 1), note))
+    return rows
+
+
+def _shortfall_note(captured: float, run: float, column: str, egress_drops: float | None,
+                    kernel_drops: int | None) -> str:
+    """Why the capture may hold fewer packets than the run counted."""
+    reasons = []
+    if captured < run and egress_drops:
+        reasons.append(f"the egress queue dropped {egress_drops:g} packets before the tap (RED drops "
+                       "Not-ECT ACKs and NAKs where it marks data)")
+    if kernel_drops:
+        reasons.append(f"tcpdump missed {kernel_drops} packets on this interface")
+    return "; ".join(reasons)
+
+
+def _reverse(egress: str) -> str:
+    node, _, peer = egress.partition("->")
+    return f"{peer}->{node}"
+
+
+def _queue_increases(packets: pd.DataFrame, queues: pd.DataFrame | None, counter: str) -> dict[str, float]:
+    """Per egress ``node->peer``: how much ``counter`` grew between the first and last sample within the
+    capture's time span."""
+    if queues is None or packets.empty:
+        return {}
+    during = queues[queues["t_s"].between(packets["t_s"].min(), packets["t_s"].max())].sort_values("t_s",
+                                                                                                   kind="stable")
+    grown = during.groupby(["node", "peer"])[counter].agg(lambda values: values.iloc[-1] - values.iloc[0])
+    return {f"{node}->{peer}": float(value) for (node, peer), value in grown.items()}
+
+
+def _queue_rows(analysis: CaptureAnalysis, marks: dict, drops: dict, tolerance: float) -> list[dict]:
+    """CE-marked RoCE packets seen per (interface, direction) against the marks its egress queue made."""
+    seen = analysis.packets.groupby(["intf", "direction"])["ecn"].agg(lambda ecn: int((ecn == CE).sum()))
+    rows = []
+    for (intf, direction), captured in seen.items():
+        egress = egress_of(analysis.meta, intf, direction)
+        if egress not in marks:
+            continue
+        made, dropped = marks[egress], drops.get(egress, 0.0)
+        ok = captured >= made - dropped - tolerance * max(made, 1)
+        rows.append(_row(f"{intf} {direction} queue {egress}", "ce_packets", captured, made, ok,
+                         f"informational: upstream marks add, marked-then-dropped miss ({dropped:g} drops)"))
+    return rows
+
+
+def _row(scope: str, quantity: str, captured: float, run: float, ok: bool, note: str) -> dict:
+    return {"scope": scope, "quantity": quantity, "capture": float(captured), "run": run,
+            "difference": float(captured) - run, "ok": bool(ok), "note": note}
+
+
+def disagreements(check: pd.DataFrame) -> list[str]:
+    """One line per cross-check row that is not ok, for the terminal."""
+    lines = []
+    for row in check[~check["ok"]].itertuples(index=False):
+        run = "n/a" if pd.isna(row.run) else f"{row.run:g}"
+        difference = "" if pd.isna(row.difference) else f" ({row.difference:+g})"
+        note = f": {row.note}" if row.note else ""
+        lines.append(f"{row.scope} {row.quantity}: capture {row.capture:g}, run {run}{difference}{note}")
+    return lines
