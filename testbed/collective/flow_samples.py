@@ -5,6 +5,9 @@ hands the rows over with each command's answer; ``testbed.observe.telemetry`` tu
 ``steps`` tables.  Times are ``time.monotonic_ns()``, the clock the whole run shares (network namespaces
 do not have clocks of their own), so these rows line up with the queue samples taken in the root namespace
 and with the packet captures.  Rows are lists under a column header: a long command yields thousands.
+Times stay on that clock (``testbed.observe.telemetry`` makes ``t_s`` declared); the rates, RTTs and waits
+in the rows are declared (``testbed.model.dilation``): the rank's own measurements, converted where they
+are taken.
 """
 
 import time
@@ -20,8 +23,8 @@ STEP_COLUMNS = ("t_ns", "rank", "step", "phase", "channel", "send_peer", "recv_p
 class FlowSampler:
     """Rows of cumulative counters of every queue-pair end of one rank, at most one sample per interval."""
 
-    def __init__(self, rank: int, addresses: list[str], interval_ns: int) -> None:
-        self.rank, self.addresses, self.interval_ns = rank, addresses, interval_ns
+    def __init__(self, rank: int, addresses: list[str], interval_ns: int, dilation: float = 1.0) -> None:
+        self.rank, self.addresses, self.interval_ns, self.dilation = rank, addresses, interval_ns, dilation
         self.flows: list[list] = []
         self.steps: list[list] = []
         self._due_ns = 0
@@ -39,9 +42,9 @@ class FlowSampler:
         me = self.addresses[self.rank]
         for (peer, channel), s in senders.items():
             srtt_ns = s.stats()["srtt_ns"]
-            srtt = None if srtt_ns is None else srtt_ns / 1e3
+            srtt = None if srtt_ns is None else srtt_ns / 1e3 / self.dilation
             self.flows.append([now, self.rank, peer, channel, "sender", me, self.addresses[peer], s.qpn, s.peer_qpn,
-                               *(s.counters[c] for c in SENDER_COUNTERS), s.pacing_rate_bps, srtt,
+                               *(s.counters[c] for c in SENDER_COUNTERS), s.pacing_rate_bps * self.dilation, srtt,
                                *(None for _ in RECEIVER_COUNTERS)])
         for (peer, channel), r in receivers.items():
             self.flows.append([now, self.rank, peer, channel, "receiver", self.addresses[peer], me, r.peer_qpn,
@@ -52,7 +55,7 @@ class FlowSampler:
         """A step of the collective ran, ``waited_ns`` after it first found its chunk missing."""
         if self.interval_ns:
             self.steps.append([time.monotonic_ns(), self.rank, index, step.phase, step.channel, step.send_peer,
-                               step.recv_peer, nbytes, waited_ns / 1e6])
+                               step.recv_peer, nbytes, waited_ns / 1e6 / self.dilation])
 
     def take(self) -> dict:
         """What was recorded since the last call, for the command's answer."""

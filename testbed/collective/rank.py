@@ -7,12 +7,18 @@ of place, iterations, whether to check); the rank answers each with its time and
 elements.  Between ranks, data moves only over the
 emulated fabric: one queue pair per (peer, channel) and direction on the host's RoCE NIC (port 4791).
 
+With a job's ``dilation`` k the rank is the transport's boundary of ``testbed.model.dilation``: its queue
+pairs run ``TransportConfig.dilated`` and every congestion control, pushed or not, ``controllers.dilated.Dilated``;
+what the controller pushes (CNP intervals, pacing caps) is declared and converted here; what the rank reports
+(times, the flows' rates and RTTs) is converted back.  The specs stay in declared units throughout.
+
 Steps run as NCCL's primitives do (``testbed.collective.schedules``): a step starts once its predecessors are done
 and, if it receives, once its chunk has arrived; sends are eager (the chunk is copied to the queue pair),
 so a rank keeps several chunks in flight on a long link.
 """
 
 import json
+import resource
 import select
 import sys
 import time
@@ -20,6 +26,7 @@ from collections import deque
 
 import numpy as np
 
+from controllers.dilated import Dilated
 from controllers.registry import from_spec
 from testbed.collective.control_channel import ControlClient
 from testbed.collective.flow_samples import FlowSampler
@@ -35,7 +42,7 @@ from testbed.roce.transport import TransportConfig
 
 CONTROL_POLL_NS = 10_000_000
 FLOW_COUNTERS = ("packets_sent", "retransmitted_packets", "cnps_received", "timeouts", "naks_received")
-STEP_TIMEOUT_S = 120.0  # no progress for this long: the run is broken (a peer died), not slow
+STEP_TIMEOUT_S = 120.0  # no progress for this long (wall time), nor for two dilated maximum RTOs: a peer died
 IDLE_TIMEOUT_S = 24 * 3600.0  # between commands: the controller decides when the job ends
 
 
@@ -46,9 +53,11 @@ class RankLinks:
     peer's path (``apply``), over the control channel when the job has one."""
 
     def __init__(self, nic: Nic, rank: int, addresses: list[str], cc_spec: dict, config: TransportConfig,
-                 control: ControlClient | None = None, telemetry_ns: int = 0) -> None:
-        self.nic, self.rank, self.addresses, self.config, self.control = nic, rank, addresses, config, control
-        self.telemetry = FlowSampler(rank, addresses, telemetry_ns)
+                 control: ControlClient | None = None, telemetry_ns: int = 0, dilation: float = 1.0) -> None:
+        self.nic, self.rank, self.addresses, self.control = nic, rank, addresses, control
+        self.config, self.dilation = config.dilated(dilation), dilation
+        self.step_timeout_s = max(STEP_TIMEOUT_S, 2 * self.config.max_rto_ns / 1e9)
+        self.telemetry = FlowSampler(rank, addresses, telemetry_ns, dilation)
         self.cc_specs = {peer: cc_spec for peer in range(len(addresses))}
         self.senders: dict[tuple[int, int], Sender] = {}
         self.receivers: dict[tuple[int, int], Receiver] = {}
@@ -59,8 +68,13 @@ class RankLinks:
         if key not in self.senders:
             self.senders[key] = Sender(self.nic, (self.addresses[peer], self.nic.address[1]),
                                        sender_qpn(peer, channel, n), receiver_qpn(self.rank, channel, n),
-                                       from_spec(self.cc_specs[peer]), self.config)
+                                       self._congestion_control(self.cc_specs[peer]), self.config)
         return self.senders[key]
+
+    def _congestion_control(self, spec: dict):
+        """The algorithm ``spec`` names (declared units), run at this job's dilation."""
+        algorithm = from_spec(spec)
+        return algorithm if self.dilation == 1 else Dilated(algorithm, self.dilation)
 
     def receiver(self, peer: int, channel: int) -> Receiver:
         key, n = (peer, channel), len(self.addresses)
@@ -83,17 +97,17 @@ class RankLinks:
     def apply(self, message: dict) -> None:
         """A controller message: ``{"cc": {peer: spec}}`` gives those peers' senders a fresh congestion
         control; ``{"cnp_interval_ns": {peer: ns}}`` paces the CNPs this rank's receivers send them;
-        ``{"pace": {peer: bits/s or None}}`` caps (or uncaps) the senders' pacing rate."""
+        ``{"pace": {peer: bits/s or None}}`` caps (or uncaps) the senders' pacing rate.  Declared units."""
         for peer, spec in message.get("cc", {}).items():
             self.cc_specs[int(peer)] = spec
             for sender in _of_peer(self.senders, peer):
-                sender.cc = from_spec(spec)
+                sender.cc = self._congestion_control(spec)
         for peer, interval in message.get("cnp_interval_ns", {}).items():
             for receiver in _of_peer(self.receivers, peer):
-                receiver.set_cnp_interval(interval)
+                receiver.set_cnp_interval(round(interval * self.dilation))
         for peer, cap in message.get("pace", {}).items():
             for sender in _of_peer(self.senders, peer):
-                sender.max_rate_bps = cap
+                sender.max_rate_bps = None if cap is None else cap / self.dilation
 
     def poll_control(self, now: bool = False) -> None:
         """Apply what the controller pushed, looking at most every CONTROL_POLL_NS (a syscall per packet
@@ -153,14 +167,14 @@ def execute(schedule: Schedule, buffers: dict[str, np.ndarray], links: RankLinks
                     ready.append(successor)
         if done < len(schedule.steps):
             if not run([links.nic], lambda: links.tick() or any(r.has_message() for r in blocked.values()),
-                       STEP_TIMEOUT_S):
-                raise TimeoutError(f"rank {schedule.rank}: no chunk arrived for {STEP_TIMEOUT_S} s")
+                       links.step_timeout_s):
+                raise TimeoutError(f"rank {schedule.rank}: no chunk arrived for {links.step_timeout_s:g} s")
             arrived = [i for i, r in blocked.items() if r.has_message()]
             for i in arrived:
                 del blocked[i]
             ready.extend(sorted(arrived))
-    if not run([links.nic], lambda: links.tick() or links.all_acknowledged(), STEP_TIMEOUT_S):
-        raise TimeoutError(f"rank {schedule.rank}: chunks unacknowledged after {STEP_TIMEOUT_S} s")
+    if not run([links.nic], lambda: links.tick() or links.all_acknowledged(), links.step_timeout_s):
+        raise TimeoutError(f"rank {schedule.rank}: chunks unacknowledged after {links.step_timeout_s:g} s")
 
 
 def rank_input(rank: int, count: int, dtype: np.dtype, seed: int) -> np.ndarray:
@@ -180,14 +194,15 @@ def measure(command: dict, links: RankLinks) -> dict:
                               in_place=command["in_place"])
     data = rank_input(rank, schedule.send_elems, dtype, command["seed"])
     buffers = rank_buffers(schedule, data)
-    before = links.counters()
+    before, cpu_before = links.counters(), cpu_times()
+    links.nic.lateness.take()
     for _ in range(command["warmup"]):
         execute(schedule, buffers, links)
-    iter_us = []
+    iter_us = []  # declared time: the wall time this rank took, divided by the dilation
     for _ in range(command["iters"]):
         start = time.perf_counter()
         execute(schedule, buffers, links)
-        iter_us.append((time.perf_counter() - start) * 1e6)
+        iter_us.append((time.perf_counter() - start) * 1e6 / links.dilation)
     wrong = None
     if command["check"]:
         buffers = rank_buffers(schedule, data)
@@ -196,10 +211,24 @@ def measure(command: dict, links: RankLinks) -> dict:
         want = expected(command["collective"], inputs, op=command["op"], root=command["root"])[rank]
         wrong = 0 if want is None else count_wrong(buffers["recv"], want, op=command["op"], nranks=n)
     counters = {name: value - before[name] for name, value in links.counters().items()}
+    cpu = {name: None if value is None else value - cpu_before[name] for name, value in cpu_times().items()}
     if links.telemetry.interval_ns:
         links.telemetry.sample(links.senders, links.receivers)  # the command's final totals
     return {"time_us": sum(iter_us) / max(1, len(iter_us)), "iter_us": iter_us, "wrong": wrong, "counters": counters,
-            **links.telemetry.take()}
+            "cpu": cpu, "loop": links.nic.lateness.take(), **links.telemetry.take()}
+
+
+def cpu_times() -> dict:
+    """This process's wall clock, time on a CPU and time waiting on a run queue for one, ns: how much of a CPU
+    the rank wanted (``testbed.observe.fidelity``).  The kernel's /proc/self/schedstat; where it has none,
+    the CPU time from getrusage and no waiting time (None)."""
+    wall = time.monotonic_ns()
+    try:
+        run_ns, wait_ns, _ = (int(x) for x in open("/proc/self/schedstat").read().split())
+    except (OSError, ValueError):
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return {"wall_ns": wall, "run_ns": round((usage.ru_utime + usage.ru_stime) * 1e9), "wait_ns": None}
+    return {"wall_ns": wall, "run_ns": run_ns, "wait_ns": wait_ns}
 
 
 def next_command(links: RankLinks) -> dict | None:
@@ -219,7 +248,7 @@ def main() -> None:
     control = ControlClient(job["control"], job["rank"]) if job.get("control") else None
     with Nic(job["addresses"][job["rank"]]) as nic:
         links = RankLinks(nic, job["rank"], job["addresses"], job["cc"], config, control,
-                          job.get("telemetry_ns", 0))
+                          job.get("telemetry_ns", 0), job.get("dilation", 1.0))
         links.open_all(job["nchannels"])
         print(json.dumps({"ready": job["rank"]}), flush=True)
         while (command := next_command(links)) is not None:

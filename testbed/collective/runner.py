@@ -100,12 +100,12 @@ def start_ranks(tb, nchannels: int = 1, cc: dict | None = None, control: str | N
     """A rank on every GPU host of ``tb`` (rank i = host i), with ``nchannels`` queue pairs to every peer
     each way and ``cc`` as congestion control (DCQCN at the hosts' line rate unless it names another); with
     ``control`` (a ``ControlServer``'s path) each rank also connects to the fabric controller; with
-    ``telemetry_s`` each samples its flows that often and answers with the rows
-    (``testbed.collective.flow_samples``)."""
+    ``telemetry_s`` each samples its flows that often (wall time) and answers with the rows
+    (``testbed.collective.flow_samples``).  ``cc`` is in declared units; the ranks run at ``tb.dilation``."""
     hosts = tb.hosts()
     cc = cc or Dcqcn.spec(line_rate_bps=line_rate_bps(hosts[0]))
     return Ranks(hosts, {"addresses": [host.IP() for host in hosts], "nchannels": nchannels, "cc": cc,
-                         "control": control, "telemetry_ns": round(telemetry_s * 1e9)})
+                         "control": control, "telemetry_ns": round(telemetry_s * 1e9), "dilation": tb.dilation})
 
 
 def command(tb, collective: str, count: int, *, dtype: str = "float", op: str = "sum", root: int = 0,

@@ -9,7 +9,7 @@ import pandas as pd
 from testbed.commands.options import UsageError
 from testbed.results import report
 from testbed.results.analysis import analyze, save
-from testbed.results.console import console, say, say_path
+from testbed.results.console import console, say, say_path, stage
 from testbed.results.crosscheck import cross_check, disagreements
 from testbed.results.pcap import AnalysisError
 from testbed.results.tables import frame_table
@@ -32,7 +32,7 @@ def handle(args: argparse.Namespace, argv: list[str]) -> int:
     if not args.results_dir.is_dir():
         raise UsageError(f"results directory {args.results_dir} does not exist")
     try:
-        with console.status("reading the captures"):
+        with stage("reading the captures"):
             result = analyze(args.results_dir, bin_s=args.bin_ms / 1e3)
     except AnalysisError as error:
         raise UsageError(str(error)) from None

@@ -1,13 +1,25 @@
-"""``testbed compare``: one fabric, one workload, several modes in turn, side by side; with ``--distances``
-the same again with every DCI at each length.
+"""``testbed compare``: one fabric, one workload, several modes in turn (``--repeat`` times, interleaved), side
+by side; with ``--distances`` the same again on the fabric rebuilt at each DCI length.
 
-The scenario defaults (``COMPARE_SCENARIO``) apply to whatever the user did not give: rates at which the
-ranks' Python transport keeps up under TCG (about 2000 packets/s per vCPU), so the network, not the
-emulator's CPU, limits both modes.
+The default scenario (``COMPARE_SCENARIO``, for whatever the user does not give) is a declared
+Spectrum-X-class fabric: two sites of two GPU hosts with 400 Gbit/s NICs, one 400 Gbit/s DCI, 10 km apart
+as in NVIDIA's published scale-across claim, run time-dilated (``testbed.model.dilation``).  The DCI carries
+one ring edge per direction per channel; at NCCL-style two channels (``--channels 2``) both of a site's
+senders can each fill it, a 2:1 oversubscription as a DCI, the scarce resource between sites, has against
+the NICs that share it.  Sizes go up to a few bandwidth-delay products of the 10 km path (~5 MB), where
+all_reduce is bandwidth-bound.
+
+A distance sweep keeps the DCI's bandwidth-delay product in packets (and so message / BDP) as declared: at
+10x the distance every rate is 10x lower, and k with it (``run_comparisons``).  It is the only way a run
+at 3000 km stays in minutes: at 400 Gbit/s that path holds ~360,000 packets in flight, a minute of wall
+time per round trip at the ranks' packet budget under TCG.  The output says the rate of every distance.
 """
 
 import argparse
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 
@@ -19,27 +31,32 @@ from testbed.commands.options import (
     add_observe_options,
     add_topology_options,
     algorithm_from,
+    dilation_from,
     exit_status,
+    fabric,
     observe_from,
     rerun_in_microvm_if_needed,
+    resolve_dilation,
     results_dir,
     topology_class,
     topology_params,
     write_report,
 )
 from testbed.experiments.comparison import Comparison, compare, save
-from testbed.experiments.discovery import SitePath, discover
+from testbed.experiments.discovery import discover
 from testbed.experiments.modes import MODES
+from testbed.model.dilation import header
 from testbed.model.units import propagation_delay_ms
-from testbed.net.network import Testbed
+from testbed.net.topo import FabricTopo
 from testbed.observe.observing import Observe, observing
-from testbed.results.console import console, recording, say
-from testbed.results.live import LiveView
+from testbed.results.console import console, recording, say, stage
+from testbed.results.live import LiveView, measurement_label
 from testbed.results.tables import discovery_table, frame_table
 from testbed.topologies import accepted_keywords
 
-COMPARE_SWEEP = "-b 1M -e 4M -f 4 -n 1 -w 0"
-COMPARE_SCENARIO = {"hosts": 2, "host_bw_mbps": 20.0, "dci_bw_mbps": 10.0}
+COMPARE_SWEEP = "-b 4M -e 16M -f 4 -n 1 -w 0"
+DEFAULT_REPEATS, MAX_REPEATS = 3, 100
+COMPARE_SCENARIO = {"hosts": 2, "host_bw_mbps": 400_000.0, "dci_bw_mbps": 400_000.0, "distance_km": 10.0}
 SHORT_NAMES = {"size_bytes": "size B", "bound_mbps": "bound", "completion_p50_ms": "done p50",
                "completion_p99_ms": "done p99", "dci_queue_p50_ms": "queue p50", "dci_queue_p99_ms": "queue p99",
                "ce_marks": "CE", "retransmitted": "retx", "timeouts": "RTOs"}
@@ -63,6 +80,9 @@ def add_parser(commands) -> None:
                         help="also sweep distance: every DCI set to each of these lengths in turn")
     parser.add_argument("--target-queue-ms", type=float,
                         help="DCI queueing delay the adaptive modes aim at (default max(RTT/20, 2 frames))")
+    parser.add_argument("--repeat", type=int, default=DEFAULT_REPEATS, metavar="N",
+                        help=f"run the modes N times, interleaved, and report medians, spread and a 95 %% interval "
+                             f"of each ratio (default {DEFAULT_REPEATS})")
     parser.set_defaults(handler=handle, nccl_tests_options=True)
 
 
@@ -79,21 +99,34 @@ def handle(args: argparse.Namespace, argv: list[str]) -> int:
     distances = _distances(args.distances)
     if args.target_queue_ms is not None and args.target_queue_ms <= 0:
         raise UsageError(f"--target-queue-ms {args.target_queue_ms} must be > 0")
+    if not 1 <= args.repeat <= MAX_REPEATS:
+        raise UsageError(f"--repeat {args.repeat} must be from 1 to {MAX_REPEATS}")
     observe = observe_from(args, topo)
+    dilation_from(args)  # checked here, resolved where the fabric runs
     out = results_dir(args, "compare")
     in_vm = rerun_in_microvm_if_needed(args, argv, out)
     if in_vm is not None:
         return in_vm
     given = ", ".join(f"{k}={v:g}" for k, v in {**scenario, **params}.items() if isinstance(v, (int, float)))
     console.print(f"scenario: {given or 'topology defaults'}")
-    run = run_comparisons(topo, options, algorithm, modes, distances, args.target_queue_ms, out, observe)
-    run_params = {"topology": args.topology, "collective": args.collective,
+    dilations = {}
+
+    def dilation_of(topo: FabricTopo, rate_scale: float) -> float:
+        dilations[rate_scale] = resolve_dilation(args, topo, rate_scale)
+        return dilations[rate_scale]
+
+    run = run_comparisons(lambda km, scale: topo_cls(**scenario, **params, dci_km=km, rate_scale=scale), options,
+                          algorithm, modes, distances, args.target_queue_ms, out, observe, dilation_of, args.repeat)
+    run_params = {"topology": args.topology, "dilation": dilations[1.0], "collective": args.collective,
                   "nccl_tests": " ".join(args.nccl or COMPARE_SWEEP.split()), "modes": ",".join(modes),
-                  "distances_km": args.distances or "", "target_queue_ms": args.target_queue_ms or "derived",
-                  "channels": algorithm.nchannels, "chunk_bytes": algorithm.chunk_bytes, **scenario, **params}
+                  "repeats": args.repeat, "distances_km": args.distances or "",
+                  "target_queue_ms": args.target_queue_ms or "derived", "channels": algorithm.nchannels,
+                  "chunk_bytes": algorithm.chunk_bytes, **scenario, **params}
     write_report(out, f"{' vs '.join(modes)}: {args.collective} across sites", argv, run_params, run.lines,
                  run.results, run.tables)
-    return exit_status(run.wrong)
+    for line in run.invalid:
+        print(f"testbed: not valid, emulator-limited: {line}", file=sys.stderr)
+    return max(exit_status(run.wrong), 1 if run.invalid else 0)
 
 
 def _modes(spec: str) -> list[str]:
@@ -119,65 +152,99 @@ def _distances(spec: str | None) -> list[float]:
 
 @dataclass
 class ComparisonRun:
-    """What ``testbed compare`` leaves for its report: wrong elements, printed lines, results, CSV tables."""
+    """What ``testbed compare`` leaves for its report: wrong elements, printed lines, results, CSV tables, and
+    the modes whose runs were emulator-limited (their ratios are not valid)."""
 
     wrong: int
     lines: list[str]
     results: pd.DataFrame
     tables: list[str]
+    invalid: list[str]
 
 
-def run_comparisons(topo, options: nccl_tests.Options, algorithm: Algorithm, modes: list[str],
-                    distances: list[float], target_queue_ms: float | None, out, observe: Observe) -> ComparisonRun:
-    """Build ``topo``, compare the modes as declared, then at each of ``distances`` (every DCI set to that
-    length, live); print and save everything, observed as ``observe`` says."""
+def run_comparisons(topo_of: Callable[[float | None, float], FabricTopo], options: nccl_tests.Options,
+                    algorithm: Algorithm, modes: list[str], distances: list[float], target_queue_ms: float | None,
+                    out: Path, observe: Observe, dilation_of: Callable[[FabricTopo, float], float],
+                    repeats: int) -> ComparisonRun:
+    """The declared scenario (``topo_of(None, 1)``), then each of ``distances``: a fabric built anew with every
+    DCI that long and every rate scaled so the DCI's bandwidth-delay product, in packets, stays the declared
+    scenario's (``rate_scale``); each at its own k (``dilation_of(topo, rate_scale)``).  Print and save it all."""
+    base = topo_of(None, 1.0)
+    base_delay_ms = min(d.one_way_delay_ms() for d in base.fabric.dci_links)
+    lines, frames, invalid, rows = [], [], [], []
+    tables, wrong = ["compare-ratios.csv", "compare-summary.csv", "discovery.csv"], 0
+    runs = [(None, 1.0, base, out, "")]
+    for km in distances:
+        if {d.one_way_delay_ms() for d in base.fabric.dci_links} == {propagation_delay_ms(km)}:
+            continue  # the declared scenario already runs at this distance
+        scale = min(1.0, base_delay_ms / propagation_delay_ms(km)) if base_delay_ms > 0 else 1.0
+        runs.append((km, scale, topo_of(km, scale), out / f"{km:g}km", f"@{km:g}km"))
+    for km, scale, topo, directory, tag in runs:
+        if km is not None:
+            console.rule(f"every DCI at {km:g} km, every rate x {scale:.3g} (the DCI's BDP in packets as declared)")
+        comparison = _compare_on(topo, dilation_of(topo, scale), options, algorithm, modes, target_queue_ms,
+                                 directory, observe, repeats, tag, lines)
+        frames.append(comparison.results(tag))
+        wrong += comparison.wrong
+        invalid += [f"{line} {tag}".strip() for line in comparison.invalid()]
+        if km is not None or any(d.distance_km == k for d in base.fabric.dci_links for k in distances):
+            at = km if km is not None else base.fabric.dci_links[0].distance_km
+            rows += [{"distance_km": at, "rate_scale": scale, **row} for row in comparison.ratios().to_dict("records")
+                     if row["size_bytes"] == comparison.bounds[-1]["size_bytes"]]
+    if rows:
+        frame = pd.DataFrame(rows).sort_values("distance_km")
+        console.print(frame_table("busbw (Mbit/s, declared) against distance, largest size", _short(frame)))
+        frame.to_csv(out / "distance-sweep.csv", index=False)
+        tables.append("distance-sweep.csv")
+    return ComparisonRun(wrong, lines, pd.concat(frames, ignore_index=True), tables, invalid)
+
+
+def _compare_on(topo: FabricTopo, dilation: float, options: nccl_tests.Options, algorithm: Algorithm,
+                modes: list[str], target_queue_ms: float | None, out: Path, observe: Observe, repeats: int, tag: str,
+                lines: list[str]) -> Comparison:
+    """Build ``topo`` at ``dilation``, probe it, compare the modes ``repeats`` times interleaved; print it and
+    save it in ``out``."""
     target_ns = None if target_queue_ms is None else round(target_queue_ms * 1e6)
-    lines, frames = [], []
-    total = 2 * options.measurements(len(topo.nodes_with(role="host"))) * len(modes) * (1 + len(distances))
-    with console.status("building the fabric"), Testbed(topo) as tb:
-        with console.status("probing the fabric: RTT and bottleneck rate between every pair of sites"):
+    recording(lines)(header(dilation))
+    total = 2 * options.measurements(len(topo.nodes_with(role="host"))) * len(modes) * repeats
+    with fabric(topo, dilation) as tb:
+        with stage("probing the fabric: RTT and bottleneck rate between every pair of sites"):
             paths = discover(tb)
         console.print(discovery_table(paths))
         with observing(tb, out, observe, algorithm.nchannels) as telemetry, \
-                LiveView(console, telemetry, total, "compare") as live:
-            def run(paths: list[SitePath], tag: str) -> Comparison:
-                return compare(tb, options, modes, algorithm, target_ns, paths, recording(lines), say, telemetry, tag,
-                               on_answers=lambda call, answers: live.advance())
+                LiveView(console, telemetry, total, f"compare{tag}") as live:
+            def advance(call: dict, answers: list[dict]) -> None:
+                live.advance(f"{telemetry.mode} {measurement_label(call)}")
 
-            comparison = run(paths, "")
-            frames.append(comparison.results())
-            _print(comparison)
-            save(comparison, out)
-            wrong = comparison.wrong
-            rows = []
-            for km in distances:
-                for _, link in tb.dci_links():
-                    link.set(delay_ms=propagation_delay_ms(km))
-                with console.status(f"{km:g} km: probing the fabric"):
-                    paths = discover(tb)
-                console.rule(f"every DCI at {km:g} km")
-                at = run(paths, f"@{km:g}km")
-                frames.append(at.results(f"@{km:g}km"))
-                _print(at)
-                save(at, out / f"{km:g}km")
-                wrong += at.wrong
-                rows += [{"distance_km": km, **row} for row in at.ratios().to_dict("records")
-                         if row["size_bytes"] == at.bounds[-1]["size_bytes"]]
-    tables = ["compare-ratios.csv", "compare-summary.csv", "discovery.csv"]
-    if rows:
-        frame = pd.DataFrame(rows)
-        console.print(frame_table("busbw (Mbit/s) against distance, largest size", frame.round(3)))
-        frame.to_csv(out / "distance-sweep.csv", index=False)
-        tables.append("distance-sweep.csv")
-    return ComparisonRun(wrong, lines, pd.concat(frames, ignore_index=True), tables)
+            comparison = compare(tb, options, modes, algorithm, target_ns, paths, recording(lines), say, telemetry,
+                                 tag, on_answers=advance, repeats=repeats)
+    _print(comparison)
+    save(comparison, out)
+    return comparison
+
+
+def _short(frame: pd.DataFrame) -> pd.DataFrame:
+    """Column names short enough for 80 columns, numbers to 3 significant digits."""
+    names = {c: SHORT_NAMES.get(c, c.replace("_mbps", "").replace("_of_bound_pct", " %bound").replace("_x", " x"))
+             for c in frame.columns}
+    return frame.rename(columns=names).map(lambda v: float(f"{v:.3g}") if isinstance(v, float) else v)
 
 
 def _print(comparison: Comparison) -> None:
-    """The two comparison tables, with column names short enough for 80 columns."""
-    def short(frame: pd.DataFrame) -> pd.DataFrame:
-        return frame.round(2).rename(columns=lambda c: SHORT_NAMES.get(c, c.replace("_mbps", "").replace(
-            "_of_bound_pct", " %bound").replace("_x", " x")))
-    console.print(frame_table("busbw per size, Mbit/s (out of place); ratio to the first mode",
-                              short(comparison.ratios())))
-    console.print(frame_table("per mode, largest size: completion and DCI queueing delay (ms), cost",
-                              short(comparison.summaries().drop(columns="size_bytes").round(1))))
+    """busbw per size with each ratio, its spread, interval and verdict; each run's cost; each mode's fidelity."""
+    ratios, reference = comparison.ratios(), comparison.modes[0]
+    busbw = ratios[["size_bytes", "bound_mbps", *(f"{m}_mbps" for m in comparison.modes)]]
+    runs = len(comparison.of(reference))
+    console.print(frame_table(f"busbw per size, Mbit/s declared (out of place, median of {runs} runs)", _short(busbw)))
+    for mode in comparison.modes[1:]:
+        shown = pd.DataFrame({"size B": ratios["size_bytes"], "ratio": ratios[f"{mode}_x"],
+                              "min": ratios[f"{mode}_x_min"], "max": ratios[f"{mode}_x_max"],
+                              "95% low": ratios[f"{mode}_x_ci_low"], "95% high": ratios[f"{mode}_x_ci_high"],
+                              "verdict": [v if ok else "NOT VALID" for v, ok in zip(ratios[f"{mode}_verdict"],
+                                                                                   ratios[f"{mode}_valid"])]})
+        console.print(frame_table(f"{mode} / {reference}", _short(shown)))
+    summaries = comparison.summaries().drop(columns=["size_bytes", "fidelity"])
+    console.print(frame_table("per run, largest size: completion and DCI queueing delay (ms, declared), cost",
+                              _short(summaries)))
+    for mode in comparison.modes:
+        say(f"fidelity {mode}: {comparison.fidelity_text(mode)}")

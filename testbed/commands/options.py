@@ -6,6 +6,8 @@ the option, exit status 2 (``UsageError``, or ``TopologyError`` from the fabric 
 """
 
 import argparse
+import contextlib
+import functools
 import os
 import sys
 import time
@@ -14,13 +16,18 @@ from pathlib import Path
 
 from testbed.collective import nccl_tests
 from testbed.collective.schedules.model import Algorithm
+from testbed.model import dilation
 from testbed.model.fabric import LinkConfig
 from testbed.net import microvm
+from testbed.net.network import Testbed
 from testbed.net.topo import FabricTopo
 from testbed.observe.capture import DEFAULT_MAX_MB, HEADERS_SNAPLEN, RING_FILES
 from testbed.observe.observing import Observe
 from testbed.observe.telemetry import SCOPES
 from testbed.results import report
+from testbed.results.console import say, stage
+from testbed.roce import budget
+from testbed.roce.rocev2 import data_frame_bytes
 from testbed.topologies import DEFAULT_TOPOLOGY, accepted_keywords, load_topology, script_path
 
 MIN_SNAPLEN = 74  # Ethernet, IPv4, UDP, BTH and the transport header with its send timestamp
@@ -49,6 +56,9 @@ def add_topology_options(parser: argparse.ArgumentParser) -> None:
     topo.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                       help="any other keyword of the topology's build(), e.g. --param west_south_km=2000")
     topo.add_argument("--mtu", type=int, help="link MTU (default 9000)")
+    topo.add_argument("--dilation", default="auto", metavar="K|auto",
+                      help="run the declared fabric K times slower, every figure reported in declared time (1: real "
+                           "time; auto, the default: measure what this host's transport sustains, then pick K)")
     parser.add_argument("--out", type=Path, help="results directory (default results/<name>-<time>)")
 
 
@@ -73,6 +83,49 @@ def topology_params(args, topo_cls: type[FabricTopo]) -> dict:
     if args.mtu is not None:
         given["mtu"] = args.mtu
     return given
+
+
+def resolve_dilation(args, topo: FabricTopo, rate_scale: float = 1.0) -> float:
+    """The run's k: ``--dilation`` as given (times ``rate_scale``, for a fabric whose rates were scaled so, at
+    least 1), or for auto the k at which the busiest link needs at most half the packets/s the transport
+    sustains here with as many ranks as will run (measured once, where the fabric runs: natively or inside
+    the microVM).  Says which and why in one line."""
+    given = dilation_from(args)
+    if given is not None:
+        return max(1.0, given * rate_scale)
+    ranks = len(topo.nodes_with(role="host"))
+    budget_pps = measured_budget(ranks)
+    frame = data_frame_bytes()
+    (a, b), mbps = max(((a, b), info["config"].bw_mbps) for a, b, info in topo.links(withInfo=True))
+    needed_pps = mbps * 1e6 / 8 / frame
+    try:
+        k = dilation.auto(budget_pps, needed_pps)
+    except ValueError:
+        raise UsageError(f"--dilation auto: link {a}-{b} at {mbps:g} Mbit/s needs {needed_pps:,.0f} packets/s, "
+                         f"more than {dilation.MAX_DILATION:g} x this host's {budget_pps:,.0f}: "
+                         "give a smaller rate") from None
+    say(f"# dilation auto: {budget_pps:,.0f} packets/s per rank here ({ranks} ranks at once); the busiest link, "
+        f"{a}-{b} at {mbps:g} Mbit/s, needs {needed_pps:,.0f}/s of {frame} B frames; k {k:g} keeps it at "
+        f"{needed_pps / k / budget_pps:.0%} of the budget")
+    return k
+
+
+@functools.cache
+def measured_budget(ranks: int) -> float:
+    """The transport's packets/s per rank here, ``ranks`` at once (``testbed.roce.budget``), once per process."""
+    with stage(f"calibrating: the transport's packet rate with {ranks} ranks at once"):
+        return budget.measure(ranks)
+
+
+def dilation_from(args) -> float | None:
+    """``--dilation``: a k (checked), or None for auto (calibrated where the fabric will run)."""
+    if args.dilation == "auto":
+        return None
+    try:
+        return dilation.check(float(args.dilation))
+    except ValueError:
+        raise UsageError(f"--dilation {args.dilation!r} must be auto or a number from 1 (real time) to "
+                         f"{dilation.MAX_DILATION:g}") from None
 
 
 def _number(key: str, value: str) -> int | float:
@@ -199,3 +252,16 @@ def exit_status(wrong: int) -> int:
     if wrong:
         print(f"testbed: {wrong} wrong elements (see #wrong above)", file=sys.stderr)
     return 1 if wrong else 0
+
+
+@contextlib.contextmanager
+def fabric(topo: FabricTopo, dilation: float):
+    """``topo`` built at ``dilation`` as a stage the user sees (node by node, link by link), the running
+    ``Testbed`` yielded, and torn down whatever happens."""
+    tb = Testbed(topo, dilation)
+    try:
+        with stage("building the fabric") as progress:
+            tb.start(progress)
+        yield tb
+    finally:
+        tb.stop()

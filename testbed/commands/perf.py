@@ -14,18 +14,21 @@ from testbed.commands.options import (
     add_observe_options,
     add_topology_options,
     algorithm_from,
+    dilation_from,
     exit_status,
+    fabric,
     observe_from,
     rerun_in_microvm_if_needed,
+    resolve_dilation,
     results_dir,
     topology_class,
     topology_params,
     write_report,
 )
-from testbed.net.network import Testbed
+from testbed.model.dilation import header
 from testbed.observe.observing import observing
 from testbed.results.console import console, recording
-from testbed.results.live import LiveView
+from testbed.results.live import LiveView, measurement_label
 from testbed.results.tables import bound_table
 
 
@@ -48,19 +51,19 @@ def handle(args: argparse.Namespace, argv: list[str]) -> int:
     options = nccl_tests.parse_args(args.collective, args.nccl, nranks=hosts)  # exits 2 with nccl-tests' usage
     algorithm = algorithm_from(args)
     observe = observe_from(args, topo)
+    dilation_from(args)  # checked here, resolved where the fabric runs
     out = results_dir(args, args.collective)
     in_vm = rerun_in_microvm_if_needed(args, argv, out)
     if in_vm is not None:
         return in_vm
-    tb = Testbed(topo)
-    try:
-        with console.status("building the fabric"):
-            tb.start()
-        with observing(tb, out, observe, algorithm.nchannels) as telemetry:
-            results, lines = run_sweep(tb, options, algorithm, out, telemetry)
-    finally:
-        tb.stop()
-    params = {"topology": args.topology, "collective": args.collective, "nccl_tests": " ".join(args.nccl),
+    dilation = resolve_dilation(args, topo)
+    lines = []
+    recording(lines)(header(dilation))
+    with fabric(topo, dilation) as tb, observing(tb, out, observe, algorithm.nchannels) as telemetry:
+        results, swept = run_sweep(tb, options, algorithm, out, telemetry)
+        lines += swept
+    params = {"topology": args.topology, "dilation": dilation, "collective": args.collective,
+              "nccl_tests": " ".join(args.nccl),
               "channels": algorithm.nchannels, "chunk_bytes": algorithm.chunk_bytes,
               "hierarchical": algorithm.hierarchical, **topology_params(args, topo_cls)}
     write_report(out, f"{args.collective} across sites", argv, params, lines,
@@ -76,11 +79,13 @@ def run_sweep(tb, options, algorithm: Algorithm, out: Path, telemetry) -> tuple[
     with LiveView(console, telemetry, measurements, options.collective) as live:
         def answered(call: dict, answers: list[dict]) -> None:
             telemetry.on_answers(call, answers)
-            live.advance()
+            live.advance(measurement_label(call))
         results = perf(tb, options, algorithm, print_line=recording(lines), telemetry_s=telemetry.interval_s,
                        on_answers=answered)
     bounds = bounds_beside(tb, options, algorithm, results)
     console.print(bound_table(options.collective, bounds))
+    for verdict in telemetry.verdicts():
+        recording(lines)(verdict.line)
     nccl_tests.save(nccl_tests.to_frame(results), out, options.collective)
     pd.DataFrame(bounds).to_csv(out / f"{options.collective}-bound.csv", index=False)
     return results, lines

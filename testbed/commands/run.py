@@ -12,8 +12,11 @@ from testbed.commands.options import (
     UsageError,
     add_observe_options,
     add_topology_options,
+    dilation_from,
+    fabric,
     observe_from,
     rerun_in_microvm_if_needed,
+    resolve_dilation,
     results_dir,
     topology_class,
     topology_params,
@@ -21,12 +24,12 @@ from testbed.commands.options import (
 )
 from testbed.commands.perf import run_sweep
 from testbed.experiments.checks import verify
+from testbed.model.dilation import header
 from testbed.net import microvm
-from testbed.net.network import Testbed
 from testbed.net.topo import FabricTopo
 from testbed.observe.observing import observing
 from testbed.results import report
-from testbed.results.console import console
+from testbed.results.console import console, recording, stage
 from testbed.results.tables import rate_table, rtt_table
 from testbed.topologies import DEFAULT_TOPOLOGY
 
@@ -56,6 +59,7 @@ def handle(args: argparse.Namespace, argv: list[str]) -> int:
     if args.seconds <= 0:
         raise UsageError(f"--seconds {args.seconds} must be > 0")
     args.observe = observe_from(args, topo)
+    dilation_from(args)  # checked here, resolved where the fabric runs
     hosts = len(topo.nodes_with(role="host"))
     args.sweep_options = nccl_tests.parse_args("all_reduce", args.sweep.split(), nranks=hosts) if args.sweep else None
     out = results_dir(args, Path(args.topology).stem)
@@ -63,29 +67,33 @@ def handle(args: argparse.Namespace, argv: list[str]) -> int:
     if in_vm is not None:
         return in_vm
     args.argv = argv
-    return run_checks(topo, args, out)
+    return run_checks(topo, args, out, resolve_dilation(args, topo))
 
 
-def run_checks(topo: FabricTopo, args, out: Path) -> int:
-    """Build ``topo``, measure it, print and save the results, optionally open the CLI, tear down."""
+def run_checks(topo: FabricTopo, args, out: Path, dilation: float) -> int:
+    """Build ``topo`` at ``dilation``, measure it, print and save the results, optionally open the CLI, tear
+    down."""
+    lines = []
+    recording(lines)(header(dilation))
     started = time.monotonic()
-    with console.status("building the fabric"), Testbed(topo) as tb:
+    with fabric(topo, dilation) as tb:
         built_s = time.monotonic() - started
         console.print(f"built {len(topo.nodes())} nodes and {len(topo.links())} shaped links in {built_s:.1f} s")
-        sweep, lines = [], []
+        sweep = []
         with observing(tb, out, args.observe, Algorithm().nchannels) as telemetry:
             telemetry.mode = "checks"
-            with console.status("measuring RTTs and DCI rates"):
+            with stage("measuring RTTs and DCI rates"):
                 results = verify(tb, args.seconds)
             console.print(rtt_table(results["rtt"]))
             console.print(rate_table(results["dci_rate"]))
             if args.sweep_options:
                 telemetry.mode = "all_reduce"
-                sweep, lines = run_sweep(tb, args.sweep_options, Algorithm(), out, telemetry)
+                sweep, swept = run_sweep(tb, args.sweep_options, Algorithm(), out, telemetry)
+                lines += swept
                 results["all_reduce_check"] = [{"size_bytes": r.size_bytes, "wrong": r.wrong_elements,
                                                 "ok": r.wrong_elements == 0} for r in sweep]
-        params = {"topology": args.topology, "build_s": round(built_s, 2), "in_microvm": microvm.inside(),
-                  **topology_params(args, type(topo))}
+        params = {"topology": args.topology, "dilation": dilation, "build_s": round(built_s, 2),
+                  "in_microvm": microvm.inside(), **topology_params(args, type(topo))}
         report.save(out, params, results)
         tables = [f"{name}.csv" for name in results] + (["all_reduce-bound.csv"] if sweep else [])
         frame = nccl_tests.to_frame(sweep).assign(mode="") if sweep else None

@@ -11,6 +11,10 @@ TCG) it is about 0.8 ms across a two-site path.  So each site pair is pinged twi
 fabric: once with every DCI set to a short reference distance (20 km, so the delay timer runs exactly as at
 any distance), giving the path's fixed cost, and once as declared.  A DCI is accurate when the declared
 RTT lies within 5 % + 0.5 ms of propagation + fixed cost; both numbers are reported, never hidden.
+
+On a dilated fabric (``testbed.model.dilation``) every figure is declared: the probes convert what they
+measure (``testbed.experiments.probes``), the fixed cost shrinks k-fold with everything the emulator costs,
+and so does the absolute part of the tolerance, which is the emulator's timer noise (0.5 ms of wall time).
 """
 
 import contextlib
@@ -18,7 +22,7 @@ from dataclasses import asdict, dataclass
 
 import networkx as nx
 
-from testbed.experiments.probes import UDP_HEADER_BYTES, iperf_udp, ping, site_pairs
+from testbed.experiments.probes import UDP_HEADER_BYTES, iperf_udp, ping, reply_timeout_s, site_pairs
 from testbed.model.units import IPV4_HEADER_BYTES, frame_bytes, propagation_delay_ms
 from testbed.net.network import Testbed
 from testbed.net.routing import path_delay_ms
@@ -47,9 +51,11 @@ class RttCheck:
     def error_ms(self) -> float:
         return self.min_ms - self.fixed_ms - self.expected_ms
 
+    dilation: float = 1.0
+
     @property
     def ok(self) -> bool:
-        return abs(self.error_ms) <= RTT_TOLERANCE_PCT / 100 * self.expected_ms + RTT_TOLERANCE_MS
+        return abs(self.error_ms) <= RTT_TOLERANCE_PCT / 100 * self.expected_ms + RTT_TOLERANCE_MS / self.dilation
 
 
 @dataclass
@@ -72,10 +78,6 @@ class RateCheck:
         return abs(self.error_pct) <= RATE_TOLERANCE_PCT
 
 
-
-
-
-
 @contextlib.contextmanager
 def dci_at_reference_distance(tb: Testbed):
     """Every DCI link at REFERENCE_KM without jitter while the block runs, restored afterwards."""
@@ -93,16 +95,16 @@ def measure_rtts(tb: Testbed) -> list[RttCheck]:
     """Each site pair, first host to first host: the reference pass, then the declared fabric."""
     pairs = [(a, b, tb.hosts(a)[0], tb.hosts(b)[0]) for a, b in site_pairs(tb)]
     reference_ms = propagation_delay_ms(REFERENCE_KM)
+    probe = {"dilation": tb.dilation, "timeout_s": reply_timeout_s(tb)}
     with dci_at_reference_distance(tb):
-        fixed = [ping(src, dst)["min_ms"] - 2 * path_delay_ms(tb.graph, src.name, dst.name, reference_ms)
+        fixed = [ping(src, dst, **probe)["min_ms"] - 2 * path_delay_ms(tb.graph, src.name, dst.name, reference_ms)
                  for _, _, src, dst in pairs]
     checks = []
     for (a, b, src, dst), fixed_ms in zip(pairs, fixed):
         expected = 2 * path_delay_ms(tb.graph, src.name, dst.name)
-        checks.append(RttCheck(a, b, src.name, dst.name, round(expected, 3), round(fixed_ms, 3), **ping(src, dst)))
+        checks.append(RttCheck(a, b, src.name, dst.name, round(expected, 6), round(fixed_ms, 6),
+                               **ping(src, dst, **probe), dilation=tb.dilation))
     return checks
-
-
 
 
 def measure_dci_rate(tb: Testbed, dci_name: str, seconds: float = 5.0) -> RateCheck:
@@ -113,13 +115,12 @@ def measure_dci_rate(tb: Testbed, dci_name: str, seconds: float = 5.0) -> RateCh
     bottleneck = min(tb.topo.linkInfo(a, b)["config"].bw_mbps for a, b in zip(path, path[1:]))
     mtu = tb.topo.fabric.mtu
     payload = mtu - IPV4_HEADER_BYTES - UDP_HEADER_BYTES
-    received = iperf_udp(src, dst, OFFERED_LOAD * bottleneck, seconds, payload)
+    received = iperf_udp(src, dst, OFFERED_LOAD * bottleneck, seconds, payload, dilation=tb.dilation,
+                         timeout_s=30 + 10 * reply_timeout_s(tb))
     return RateCheck(dci_name, src.name, dst.name, bottleneck,
                      round(bottleneck * payload / frame_bytes(mtu), 3),
                      round(received["bits_per_second"] / 1e6, 3), round(received["lost_percent"], 3),
                      received["out_of_order"])
-
-
 
 
 def verify(tb: Testbed, seconds: float = 5.0) -> dict[str, list]:
@@ -127,6 +128,6 @@ def verify(tb: Testbed, seconds: float = 5.0) -> dict[str, list]:
     rtts = measure_rtts(tb)
     rates = [measure_dci_rate(tb, d.name, seconds) for d in tb.topo.fabric.dci_links]
     return {
-        "rtt": [{**asdict(c), "error_ms": round(c.error_ms, 3), "ok": c.ok} for c in rtts],
+        "rtt": [{**asdict(c), "error_ms": round(c.error_ms, 6), "ok": c.ok} for c in rtts],
         "dci_rate": [{**asdict(c), "error_pct": round(c.error_pct, 2), "ok": c.ok} for c in rates],
     }

@@ -30,6 +30,8 @@ from testbed.collective.schedules.model import Algorithm
 from testbed.experiments.discovery import SitePath, discover
 from testbed.experiments.fabric_controller import FabricController
 from testbed.experiments.modes import lookup
+from testbed.experiments.repeats import ratio_summary
+from testbed.observe.fidelity import Verdict
 
 
 @dataclass
@@ -40,60 +42,109 @@ class ModeRun:
     samples: list[dict] = field(default_factory=list)
     actions: list[dict] = field(default_factory=list)
     calls: list[dict] = field(default_factory=list)
+    repeat: int = 1
+    fidelity: Verdict | None = None  # from the run's telemetry (None: run without)
 
 
 @dataclass
 class Comparison:
     paths: list[SitePath]
-    runs: list[ModeRun]
+    runs: list[ModeRun]  # in the order they ran: every mode once per repeat
     bounds: list[dict]
 
+    @property
+    def modes(self) -> list[str]:
+        return list(dict.fromkeys(run.mode for run in self.runs))
+
+    def of(self, mode: str) -> list[ModeRun]:
+        """``mode``'s runs, one per repeat."""
+        return [run for run in self.runs if run.mode == mode]
+
+    def faithful(self, mode: str) -> bool | None:
+        """Whether every run of ``mode`` was faithful (None: no telemetry judged them)."""
+        verdicts = [run.fidelity for run in self.of(mode)]
+        return None if None in verdicts else all(v.faithful for v in verdicts)
+
+    def fidelity_text(self, mode: str) -> str:
+        """``faithful``, or the first repeat's ``emulator-limited: ...`` and the k its worst repeat needed."""
+        verdicts = [run.fidelity for run in self.of(mode) if run.fidelity is not None]
+        limited = [v for v in verdicts if not v.faithful]
+        if not verdicts:
+            return "not judged (no telemetry)"
+        if not limited:
+            return "faithful"
+        return f"{limited[0].text}; k >= {max(v.needed_dilation for v in limited):.3g} needed"
+
     def ratios(self) -> pd.DataFrame:
-        """Per size: each mode's busbw (Mbit/s, out of place), its ratio to the first mode, and the bound."""
-        rows = []
+        """Per size: each mode's median busbw over its repeats (Mbit/s, out of place, declared), the bound, and
+        for every mode after the first its ratio to the first with spread, interval and verdict
+        (``testbed.experiments.repeats``); ``valid`` is False where either mode was emulator-limited."""
+        reference, rows = self.modes[0], []
         for i, bound in enumerate(self.bounds):
             row = {"size_bytes": bound["size_bytes"], "bound_mbps": bound["bound_busbw_gbps"] * 8e3}
-            for run in self.runs:
-                row[f"{run.mode}_mbps"] = run.results[i].out_of_place.busbw_gbps * 8e3
-            reference = row[f"{self.runs[0].mode}_mbps"]
-            for run in self.runs[1:]:
-                row[f"{run.mode}_x"] = row[f"{run.mode}_mbps"] / reference if reference else float("nan")
-                row[f"{run.mode}_of_bound_pct"] = 100 * row[f"{run.mode}_mbps"] / row["bound_mbps"]
+            busbw = {mode: [run.results[i].out_of_place.busbw_gbps * 8e3 for run in self.of(mode)]
+                     for mode in self.modes}
+            for mode in self.modes:
+                row[f"{mode}_mbps"] = float(np.median(busbw[mode]))
+            for mode in self.modes[1:]:
+                summary = ratio_summary(busbw[reference], busbw[mode])
+                row.update({f"{mode}_x": summary["ratio"], f"{mode}_x_min": summary["ratio_min"],
+                            f"{mode}_x_max": summary["ratio_max"], f"{mode}_x_ci_low": summary["ci_low"],
+                            f"{mode}_x_ci_high": summary["ci_high"], f"{mode}_verdict": summary["verdict"],
+                            f"{mode}_valid": self.faithful(reference) is not False
+                            and self.faithful(mode) is not False,
+                            f"{mode}_of_bound_pct": 100 * row[f"{mode}_mbps"] / row["bound_mbps"]})
             rows.append(row)
         return pd.DataFrame(rows)
 
     def summaries(self) -> pd.DataFrame:
-        return pd.DataFrame([run.summary for run in self.runs])
+        """One row per run (mode and repeat): completion, queueing, cost, and the run's fidelity."""
+        return pd.DataFrame([dict(run.summary, repeat=run.repeat,
+                                  fidelity=run.fidelity.text if run.fidelity else None) for run in self.runs])
 
     def results(self, tag: str = "") -> pd.DataFrame:
-        """Every mode's nccl-tests rows, ``mode`` naming it (plus ``tag``, e.g. "@100km")."""
-        return pd.concat([nccl_tests.to_frame(run.results).assign(mode=f"{run.mode}{tag}") for run in self.runs],
-                         ignore_index=True)
+        """Every run's nccl-tests rows, ``mode`` naming it (plus ``tag``, e.g. "@100km") and ``repeat``."""
+        return pd.concat([nccl_tests.to_frame(run.results).assign(mode=f"{run.mode}{tag}", repeat=run.repeat)
+                          for run in self.runs], ignore_index=True)
 
     @property
     def wrong(self) -> int:
         """Wrong elements over every mode's results."""
         return sum(r.wrong_elements for run in self.runs for r in run.results)
 
+    def invalid(self) -> list[str]:
+        """The modes whose runs were emulator-limited, each with its verdict: what makes a ratio not valid."""
+        return [f"{mode}: {self.fidelity_text(mode)}" for mode in self.modes if self.faithful(mode) is False]
+
 
 def compare(tb, options: nccl_tests.Options, modes: list[str], algorithm: Algorithm = Algorithm(),
             target_queue_ns: int | None = None, paths: list[SitePath] | None = None,
             print_line: Callable[[str], None] = print, log: Callable[[str], None] = print,
-            telemetry=None, tag: str = "", on_answers: Callable[[dict, list[dict]], None] | None = None
-            ) -> Comparison:
-    """Run ``options``' sweep under each of ``modes`` on ``tb`` (probing the fabric first unless ``paths``).
-    With ``telemetry`` (``testbed.observe.telemetry``) the ranks sample their flows and every row is labelled with
-    the mode (plus ``tag``, e.g. "@100km"); ``on_answers`` sees every measurement's answers as well."""
+            telemetry=None, tag: str = "", on_answers: Callable[[dict, list[dict]], None] | None = None,
+            repeats: int = 1) -> Comparison:
+    """Run ``options``' sweep under each of ``modes`` on ``tb``, ``repeats`` times interleaved (A B A B ...),
+    probing the fabric first unless ``paths`` are given.  With ``telemetry`` (``testbed.observe.telemetry``)
+    the ranks sample their flows, every row is labelled with the mode (plus ``tag``, e.g. "@100km", and the
+    repeat, when there are several) and each run gets its fidelity verdict; ``on_answers`` sees every
+    measurement's answers as well."""
     for mode in modes:
         lookup(mode)  # before the probes: a typo should not cost a discovery
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
     paths = paths if paths is not None else discover(tb)
     runs = []
-    for mode in modes:
-        print_line(f"# mode: {mode}{tag}")
-        if telemetry is not None:
-            telemetry.mode = f"{mode}{tag}"
-        runs.append(run_mode(tb, options, mode, algorithm, paths, target_queue_ns, print_line, log,
-                             telemetry, on_answers))
+    for repeat in range(1, repeats + 1):
+        for mode in modes:
+            label = f"{mode}{tag}" + (f" #{repeat}" if repeats > 1 else "")
+            print_line(f"# mode: {label}")
+            if telemetry is not None:
+                telemetry.mode = label
+            run = run_mode(tb, options, mode, algorithm, paths, target_queue_ns, print_line, log, telemetry,
+                           on_answers)
+            run.repeat = repeat
+            if telemetry is not None:
+                run.fidelity = next(v for v in telemetry.verdicts() if v.mode == label)
+            runs.append(run)
     return Comparison(paths, runs, bounds_beside(tb, options, algorithm, runs[0].results))
 
 

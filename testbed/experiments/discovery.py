@@ -12,13 +12,14 @@ from TWAMP and capacity tests between its routers:
   the bottleneck's queue for a moment, like any capacity test, and waits for it to drain.
 
 Which DCI links a site pair's traffic crosses comes from the routed path (the controller knows its routes).
+On a dilated fabric every figure is declared (the probes convert, ``testbed.experiments.probes``).
 """
 
 from dataclasses import dataclass
 
 import networkx as nx
 
-from testbed.experiments.probes import UDP_HEADER_BYTES, iperf_udp, ping, site_pairs
+from testbed.experiments.probes import UDP_HEADER_BYTES, iperf_udp, ping, reply_timeout_s, site_pairs
 from testbed.model.units import IPV4_HEADER_BYTES, frame_bytes
 from testbed.net.link import wait_drained
 
@@ -49,7 +50,8 @@ def border_rtt_ms(tb, hops: tuple[tuple[str, str], ...]) -> float:
     """The minimum of ``RTT_PROBES`` pings from the first border of ``hops`` to the last one's DCI address."""
     last_border = hops[-1][1]
     border_address = tb.graph[hops[-1][0]][last_border]["addr"][last_border]
-    return ping(tb.node(hops[0][0]), border_address, count=RTT_PROBES)["min_ms"]
+    return ping(tb.node(hops[0][0]), border_address, count=RTT_PROBES, dilation=tb.dilation,
+                timeout_s=reply_timeout_s(tb))["min_ms"]
 
 
 def probe_site_pair(tb, src_site: str, dst_site: str) -> SitePath:
@@ -57,11 +59,12 @@ def probe_site_pair(tb, src_site: str, dst_site: str) -> SitePath:
     src_host, dst_host = tb.hosts(src_site)[0], tb.hosts(dst_site)[0]
     hops = dci_hops(tb, src_host.name, dst_host.name)
     border_rtt = border_rtt_ms(tb, hops)
-    host_rtt = ping(src_host, dst_host, count=RTT_PROBES)["min_ms"]
+    host_rtt = ping(src_host, dst_host, count=RTT_PROBES, dilation=tb.dilation, timeout_s=reply_timeout_s(tb))["min_ms"]
     mtu = tb.topo.fabric.mtu
     payload = mtu - IPV4_HEADER_BYTES - UDP_HEADER_BYTES
     line_mbps = src_host.defaultIntf().shape.bw_mbps
-    received = iperf_udp(src_host, dst_host, RATE_PROBE_LOAD * line_mbps, RATE_PROBE_S, payload)
+    received = iperf_udp(src_host, dst_host, RATE_PROBE_LOAD * line_mbps, RATE_PROBE_S, payload, dilation=tb.dilation,
+                         timeout_s=30 + 10 * reply_timeout_s(tb))
     bottleneck = received["bits_per_second"] * frame_bytes(mtu) / payload / 1e6
     wait_drained(tb.egress(a, b) for a, b in hops)  # the probe's backlog must not meet the next one
     return SitePath(src_site, dst_site, border_rtt, host_rtt, round(bottleneck, 3), hops)

@@ -18,6 +18,10 @@ Modes:
   the latency loop (``controllers.latency``) holds the DCI queues near the target.
 - ``swift``: like adaptive, with the Swift-style delay-target window (``controllers.swift``) across DCIs.
 Inside the sites, switches keep their shallow datacenter thresholds in every mode.
+
+Everything here is in declared units (``testbed.model.dilation``): the paths come from the probes declared,
+so do the plans, thresholds (bytes) and the messages to the ranks (which convert them); only the loop's
+sampling interval is wall time, the host's to afford, and it waits a wall-time round trip after acting.
 """
 
 import contextlib
@@ -31,13 +35,12 @@ from controllers.dcqcn import Dcqcn
 from controllers.latency import QueueGovernor
 from testbed.experiments.discovery import SitePath, dci_hops
 from testbed.experiments.modes import Mode, lookup
-from testbed.model.units import frame_bytes
 from testbed.net.netlink_counters import NamespaceCounters
 from testbed.roce.queue_pair import line_rate_bps
-from testbed.roce.rocev2 import WIRE_OVERHEAD
+from testbed.roce.rocev2 import data_frame_bytes
 from testbed.roce.transport import TransportConfig
 
-SAMPLE_INTERVAL_S = 0.05
+SAMPLE_INTERVAL_S = 0.05  # wall time: what the host can sample; in declared time 0.05 s / dilation
 
 
 @dataclass
@@ -69,7 +72,7 @@ class FabricController:
                  log=print) -> None:
         self.tb, self.mode, self.target_queue_ns, self.log = tb, lookup(mode), target_queue_ns, log
         self.paths = {(p.src_site, p.dst_site): p for p in paths}
-        self.frame = frame_bytes(TransportConfig().mtu + WIRE_OVERHEAD)  # a full RoCE data packet on the wire
+        self.frame = data_frame_bytes(TransportConfig().mtu)  # a full RoCE data packet on the wire
         self.samples: list[dict] = []
         self.actions: list[dict] = []
 
@@ -174,7 +177,7 @@ class FabricController:
                 queue = queues[hop]
                 busy = queue["sent_bytes"] > last[hop]["sent_bytes"]
                 delay_ns = round(queue["backlog_bytes"] * 8e9 / egress.rate_bps)
-                self.samples.append({"t_s": round(time.monotonic() - start, 3), "mode": self.mode.name,
+                self.samples.append({"t_s": self._declared_s(start), "mode": self.mode.name,
                                      "egress": f"{hop[0]}->{hop[1]}", "busy": busy,
                                      "backlog_bytes": queue["backlog_bytes"], "queue_delay_ms": delay_ns / 1e6,
                                      "ecn_marks": queue["ecn_marks"], "drops": queue["drops"]})
@@ -182,9 +185,13 @@ class FabricController:
                     self._act(hop, egress, governors[hop].observe(delay_ns, busy), server, start)
             last = queues
 
+    def _declared_s(self, start: float) -> float:
+        """Declared seconds since the loop started (``testbed.model.dilation``)."""
+        return (time.monotonic() - start) / self.tb.dilation
+
     def _governor(self, egress: EgressPlan) -> QueueGovernor:
         share = egress.rate_bps / egress.flows
-        hold = max(2, round(egress.rtt_ns / 1e9 / SAMPLE_INTERVAL_S) + 1)
+        hold = max(2, round(egress.rtt_ns * self.tb.dilation / 1e9 / SAMPLE_INTERVAL_S) + 1)  # a wall-time RTT
         return QueueGovernor(egress.target_ns, egress.kmin_bytes, egress.kmax_bytes, 2 * self.frame, share, hold)
 
     def _act(self, hop, egress: EgressPlan, action, server, start: float) -> None:
@@ -195,7 +202,7 @@ class FabricController:
         else:
             for rank, peer in egress.crossing:
                 server.push(rank, {"pace": {peer: action.cap_bps}})
-        row = {"t_s": round(time.monotonic() - start, 3), "mode": self.mode.name, "egress": f"{hop[0]}->{hop[1]}",
+        row = {"t_s": self._declared_s(start), "mode": self.mode.name, "egress": f"{hop[0]}->{hop[1]}",
                "queue_delay_ms": action.queue_delay_ns / 1e6, "target_ms": egress.target_ns / 1e6,
                "action": action.kind, "kmin_bytes": action.kmin_bytes, "kmax_bytes": action.kmax_bytes,
                "cap_mbps": None if action.cap_bps is None else round(action.cap_bps / 1e6, 3)}

@@ -63,6 +63,16 @@ class LinkConfig:
         kmin = self.ecn_kmin_bytes or min(kmax // 2, max(2 * frame, math.ceil(bytes_per_us)))
         return replace(self, buffer_bytes=buffer, ecn_kmin_bytes=kmin, ecn_kmax_bytes=kmax)
 
+    def dilated(self, dilation: float) -> "LinkConfig":
+        """The link as the emulator runs it ``dilation`` times slower (``testbed.model.dilation``): the rate
+        divided, the delay and jitter multiplied; probabilities, burst lengths, the buffer and the thresholds
+        (bytes) unchanged.  Only a resolved link dilates: its derived buffer and thresholds are the declared
+        link's, never ones re-derived from the slower rate."""
+        if None in (self.buffer_bytes, self.ecn_kmin_bytes, self.ecn_kmax_bytes):
+            raise ValueError("resolve a LinkConfig before dilating it: its buffer and thresholds are in bytes")
+        return replace(self, bw_mbps=self.bw_mbps / dilation, delay_ms=self.delay_ms * dilation,
+                       jitter_ms=self.jitter_ms * dilation)
+
     def check(self, where: str) -> None:
         """Raise TopologyError naming ``where`` and the first bad field."""
         _number(where, "bw_mbps", self.bw_mbps, low=0, low_open=True)
@@ -184,6 +194,17 @@ class Fabric:
 
     def site(self, name: str) -> Site:
         return next(s for s in self.sites if s.name == name)
+
+    def varied(self, dci_km: float | None = None, rate_scale: float = 1.0) -> "Fabric":
+        """The same fabric with every DCI ``dci_km`` long (its delay from the distance) and every link's rate
+        times ``rate_scale``: what a distance sweep runs at each distance (``testbed.commands.compare``)."""
+        def scaled(config: LinkConfig) -> LinkConfig:
+            return replace(config, bw_mbps=config.bw_mbps * rate_scale)
+        sites = [replace(s, host_link=scaled(s.host_link), fabric_link=scaled(s.fabric_link)) for s in self.sites]
+        dcis = [replace(d, config=scaled(d.config),
+                        **({} if dci_km is None else {"distance_km": dci_km, "delay_ms": None}))
+                for d in self.dci_links]
+        return Fabric(sites, dcis, self.mtu)
 
     def validate(self) -> None:
         """Check everything; raise TopologyError on the first problem."""

@@ -4,6 +4,9 @@
 give each ``addLink`` a ``config=LinkConfig(...)``; both interfaces then get the qdisc tree of
 ``testbed.net.tc.qdisc`` on their egress.  Unlike TCLink, every impairment of a live link can be changed and reset
 to zero (``link.set(loss_pct=0)``) and its counters read back as plain data (``link.stats()``).
+
+A link is declared and changed in declared units (``shape``); with ``dilation`` k it is built ``k`` times
+slower (``LinkConfig.dilated``: rate / k, delay and jitter x k, bytes unchanged), the kernel's view only.
 ``link.pin_neighbours()`` makes each end's ARP entry for the other permanent, so no ARP ever crosses a link.
 """
 
@@ -32,25 +35,31 @@ def close_netlink(node) -> None:
 
 
 class ShapedIntf(Intf):
-    """An interface whose egress is the netem -> htb -> red tree described by a LinkConfig."""
+    """An interface whose egress is the netem -> htb -> red tree described by a LinkConfig (``shape``, in
+    declared units), built ``dilation`` times slower."""
 
-    def config(self, config: LinkConfig | None = None, mtu: int = 1500, **params):
+    def config(self, config: LinkConfig | None = None, mtu: int = 1500, dilation: float = 1.0, **params):
         result = super().config(**params)
-        self.shape, self.mtu = config, mtu
+        self.shape, self.mtu, self.dilation = config, mtu, dilation
         ipr = netlink(self.node)
         self.index = ipr.link_lookup(ifname=self.name)[0]
         ipr.link("set", index=self.index, mtu=mtu)
         if config is not None:
-            qdisc.apply(ipr, self.index, config, mtu)
+            qdisc.apply(ipr, self.index, config.dilated(dilation), mtu)
         return result
 
     def set(self, **changes) -> LinkConfig:
-        """Change impairments or thresholds of this direction in place; zero resets."""
+        """Change impairments or thresholds of this direction in place, in declared units; zero resets."""
         config = replace(self.shape, **changes)
         config.check(self.name)
-        qdisc.apply(netlink(self.node), self.index, config, self.mtu, change=True)
+        qdisc.apply(netlink(self.node), self.index, config.dilated(self.dilation), self.mtu, change=True)
         self.shape = config
         return config
+
+    def set_dilation(self, dilation: float) -> None:
+        """The same declared link, run ``dilation`` times slower from now on (changed in place)."""
+        self.dilation = dilation
+        qdisc.apply(netlink(self.node), self.index, self.shape.dilated(dilation), self.mtu, change=True)
 
     def stats(self) -> dict:
         """Queue counters of the egress tree and the interface's own byte and packet counters."""
@@ -69,8 +78,9 @@ class ShapedIntf(Intf):
 class ShapedLink(Link):
     """A veth pair with a ShapedIntf at each end; impairments apply to both directions."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, dilation: float = 1.0, **kwargs):
         kwargs.setdefault("cls1", ShapedIntf)
+        kwargs["dilation"] = dilation  # Mininet hands the remaining keywords to both interfaces' config
         kwargs.setdefault("cls2", ShapedIntf)
         super().__init__(*args, **kwargs)
 

@@ -6,6 +6,10 @@
         tb.dci("west", "east").set(loss_pct=1)
         qp = connect(tb, west, east)          # a RoCE queue pair (testbed.roce.queue_pair)
 
+``Testbed(topo, dilation=k)`` runs the declared fabric ``k`` times slower (``testbed.model.dilation``): the
+kernel's links get rate / k and delay x k, the processes started on it read ``tb.dilation`` and stretch their
+own clocks, and what they measure is reported back in declared units.
+
 What upper layers attach to a run (a host's software RoCE NIC, ``testbed.roce.queue_pair.host_nic``) is
 kept with ``resource``: made on first use, owned by this process, closed before the fabric goes.
 
@@ -15,10 +19,13 @@ KeyboardInterrupt so ``finally`` blocks run; one that Python or a library loses 
 """
 
 import os
+from collections.abc import Callable
+from functools import partial
 
 from mininet.log import setLogLevel
 from mininet.net import Mininet
 
+from testbed.model.dilation import check as check_dilation
 from testbed.net import cleanup
 from testbed.net.interrupts import InterruptGuard
 from testbed.net.link import ShapedIntf, ShapedLink, close_netlink, netlink
@@ -26,13 +33,38 @@ from testbed.net.routing import compute_routes, fabric_graph, install_routes
 from testbed.net.topo import FabricTopo
 
 
+class _Building(Mininet):
+    """Mininet that says how far its build has got: nodes, then links, each of how many."""
+
+    def __init__(self, *args, progress: Callable[[str], None] | None = None, **kwargs):
+        self._progress, self._built = progress, {"nodes": 0, "links": 0}
+        super().__init__(*args, **kwargs)  # builds
+
+    def _report(self, what: str) -> None:
+        self._built[what] += 1
+        if self._progress is not None:
+            total = len(self.topo.nodes()) if what == "nodes" else len(self.topo.links())
+            self._progress(f"{self._built[what]} of {total} {what}")
+
+    def addHost(self, *args, **kwargs):
+        node = super().addHost(*args, **kwargs)
+        self._report("nodes")
+        return node
+
+    def addLink(self, *args, **kwargs):
+        link = super().addLink(*args, **kwargs)
+        self._report("links")
+        return link
+
+
 class Testbed:
     """Builds ``topo`` on ``start()`` (or ``with``), removes every trace of it on ``stop()``."""
 
     __test__ = False  # not a pytest test class, despite its name
 
-    def __init__(self, topo: FabricTopo, log_level: str = "warning"):
+    def __init__(self, topo: FabricTopo, dilation: float = 1.0, log_level: str = "warning"):
         self.topo = topo
+        self.dilation = check_dilation(dilation)
         self.graph = fabric_graph(topo)
         self.net: Mininet | None = None
         self._record = None
@@ -47,7 +79,10 @@ class Testbed:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def start(self) -> "Testbed":
+    def start(self, progress: Callable[[str], None] | None = None) -> "Testbed":
+        """Build the fabric (a no-op if it runs already); ``progress`` hears how far the build has got."""
+        if self.net is not None:
+            return self
         if cleanup.record_path().exists():
             raise RuntimeError(f"a fabric is already running in this process ({cleanup.record_path()}): "
                                "stop it before starting another (node names and records are per process)")
@@ -55,8 +90,8 @@ class Testbed:
         self._interrupts.install()
         self._record = cleanup.record(list(self.topo.nodes()))
         try:
-            self.net = Mininet(topo=self.topo, link=ShapedLink, controller=None, autoSetMacs=True,
-                               waitConnected=False)
+            self.net = _Building(topo=self.topo, link=partial(ShapedLink, dilation=self.dilation), controller=None,
+                                 autoSetMacs=True, waitConnected=False, progress=progress)
             cleanup.pin({node.name: node.pid for node in self.net.hosts})
             self.net.start()
             for link in self.net.links:
@@ -106,6 +141,14 @@ class Testbed:
 
     def node(self, name: str):
         return self.net[name]
+
+    def set_dilation(self, dilation: float) -> None:
+        """Run the same fabric at another k from now on: every link's qdiscs changed in place (no packet lost),
+        and what starts on the fabric afterwards (ranks, probes, telemetry) reads the new ``dilation``."""
+        self.dilation = check_dilation(dilation)
+        for link in self.net.links:
+            for intf in (link.intf1, link.intf2):
+                intf.set_dilation(self.dilation)
 
     def resource(self, key: str, make):
         """What ``make()`` returns, made once per ``key`` for this run and closed (``close()``) before the

@@ -62,9 +62,13 @@ class Router(Node):
 class FabricTopo(Topo):
     """A Mininet Topo built from sites and DCI links declared in ``build``."""
 
-    def __init__(self, *args, mtu: int | None = None, **params):
+    def __init__(self, *args, mtu: int | None = None, dci_km: float | None = None, rate_scale: float = 1.0,
+                 **params):
+        """``params`` go to ``build``; ``dci_km`` and ``rate_scale`` vary what it declared (``Fabric.varied``)."""
         self.fabric = Fabric() if mtu is None else Fabric(mtu=mtu)
         super().__init__(*args, **params)  # runs build(), which declares the fabric
+        if dci_km is not None or rate_scale != 1:
+            self.fabric = self.fabric.varied(dci_km, rate_scale)
         self.fabric.validate()
         self._materialize()
 

@@ -95,6 +95,7 @@ class Capture:
     def metadata(self) -> dict:
         dci_names = {id(link): name for name, link in self.tb.dci_links()}
         return {"snaplen": self.snaplen, "clock_offset_ns": self._offset_ns, "t0_monotonic_ns": self.t0_ns,
+                "dilation": self.tb.dilation,
                 "rotation": {"file_mb": self.file_mb, "files": RING_FILES},
                 "interfaces": [{"intf": link.intf1.name, "node": link.intf1.node.name, "peer": link.intf2.node.name,
                                 "dci": dci_names.get(id(link)), "mac": link.intf1.MAC()} for link in self.links],
@@ -104,4 +105,4 @@ class Capture:
         """Wait until no captured link holds a backlog either way, then for the longest one-way delay."""
         wait_drained([intf for link in self.links for intf in (link.intf1, link.intf2)], timeout_s, poll_s=0.02)
         longest_ms = max(link.intf1.shape.delay_ms + 4 * link.intf1.shape.jitter_ms for link in self.links)
-        time.sleep(longest_ms / 1000 + 0.05)
+        time.sleep(longest_ms * self.tb.dilation / 1000 + 0.05)

@@ -4,14 +4,16 @@
         sweep(tb, ranks, options, on_answers=telemetry.on_answers)   # the ranks' rows arrive with answers
     telemetry.save(out)                                 # out/telemetry/*.parquet + sampler.json
 
-Every row's ``t_s`` is seconds since the telemetry started, on ``time.monotonic_ns`` (one clock for the
-sampler thread, the rank processes on every host and, through ``capture.json``'s offset, the pcaps).
+Every row's ``t_s`` is declared seconds since the telemetry started: ``time.monotonic_ns`` (one clock for the
+sampler thread, the rank processes on every host and, through ``capture.json``'s offset, the pcaps) divided
+by the run's dilation (``testbed.model.dilation``), like every time and rate in the rows.  The sampler's
+interval and its cost (``overhead``) are wall time: they are the emulator's, not the fabric's.
 ``mode`` labels rows with the comparison mode running at the time ("" outside comparisons).
 
 Tables (tidy: one row per sample and object; counters are cumulative, so rates are differences):
 
-``queues``  t_s, mode, node, peer, intf, dci (DCI name, None inside a site), rate_bps (the link's rate),
-            backlog_bytes, backlog_packets, queue_delay_ms (backlog at the link rate), sent_bytes,
+``queues``  t_s, mode, node, peer, intf, dci (DCI name, None inside a site), rate_bps (the link's declared
+            rate), backlog_bytes, backlog_packets, queue_delay_ms (backlog at that rate), sent_bytes,
             sent_packets, drops, ecn_marks -- each egress queue (RED under HTB under netem, ``testbed.net.tc.qdisc``)
 ``links``   t_s, mode, node, peer, intf, dci, tx_bytes, tx_packets, rx_bytes, rx_packets -- the interface's
             own counters
@@ -21,6 +23,9 @@ Tables (tidy: one row per sample and object; counters are cumulative, so rates a
             cnps_sent, naks_sent, duplicates, out_of_order (``testbed.collective.flow_samples``; counters restart with
             the ranks, i.e. per mode); the other side's columns are empty
 ``steps``   t_s, mode, size_bytes, in_place, rank, step, phase, channel, send_peer, recv_peer, bytes, wait_ms
+``ranks``   t_s, mode, size_bytes, in_place, rank, wall_ms, cpu_ms, wait_ms, cpu_demand, wakeups, late_p50_us,
+            late_p99_us, late_max_us -- what each measurement cost each rank process in wall time: its time
+            on a CPU and waiting for one, and how late its event loop woke (``testbed.observe.fidelity``)
 
 Which queues: ``scope="dci"`` (default) samples every interface of the border routers -- both directions of
 every DCI and the borders' links into their sites -- with one qdisc and one link dump per border per
@@ -40,11 +45,17 @@ import numpy as np
 import pandas as pd
 
 from testbed.net.netlink_counters import NamespaceCounters
+from testbed.net.routing import path_delay_ms
+from testbed.observe import fidelity
+from testbed.roce.rocev2 import data_frame_bytes
 
 DEFAULT_INTERVAL_S = 0.01
 QUEUE_COLUMNS = ("t_s", "mode", "node", "peer", "intf", "dci", "rate_bps", "backlog_bytes", "backlog_packets",
                  "queue_delay_ms", "sent_bytes", "sent_packets", "drops", "ecn_marks")
 LINK_COLUMNS = ("t_s", "mode", "node", "peer", "intf", "dci", "tx_bytes", "tx_packets", "rx_bytes", "rx_packets")
+LOOP_COLUMNS = ("wakeups", "late_p50_us", "late_p99_us", "late_max_us")
+RANK_COLUMNS = ("t_s", "mode", "size_bytes", "in_place", "rank", "wall_ms", "cpu_ms", "wait_ms", "cpu_demand",
+                *LOOP_COLUMNS)
 SCOPES = ("dci", "all")
 
 
@@ -55,13 +66,14 @@ class Telemetry:
     def __init__(self, tb, interval_s: float = DEFAULT_INTERVAL_S, scope: str = "dci") -> None:
         if scope not in SCOPES:
             raise ValueError(f"telemetry scope {scope!r} is not one of {', '.join(SCOPES)}")
-        self.tb, self.interval_s, self.scope = tb, interval_s, scope
+        self.tb, self.interval_s, self.scope, self.dilation = tb, interval_s, scope, tb.dilation
         self.mode = ""
         self.t0_ns = time.monotonic_ns()
         self.queues: list[list] = []
         self.links: list[list] = []
         self.flows: list[pd.DataFrame] = []
         self.steps: list[pd.DataFrame] = []
+        self.ranks: list[list] = []
         self._ticks_ms: list[float] = []
         self._late = 0
         self._cpu_ns = 0
@@ -121,7 +133,7 @@ class Telemetry:
         for node, intfs in self._nodes:
             reader = self._counters[node.name]
             queues, counters = reader.read_queues(), reader.read_links()
-            t_s = (time.monotonic_ns() - self.t0_ns) / 1e9
+            t_s = self.declared_s(time.monotonic_ns())
             for intf, peer, dci in intfs:
                 q = queues[intf.index]
                 rate_bps = intf.shape.bw_mbps * 1e6
@@ -138,11 +150,20 @@ class Telemetry:
         self._cpu_ns += time.thread_time_ns() - cpu
         self._wall_ns = time.monotonic_ns() - self.t0_ns
 
+    def declared_s(self, monotonic_ns):
+        """Declared seconds since the telemetry started, for a time (or a Series of times) on the run's clock."""
+        return (monotonic_ns - self.t0_ns) / 1e9 / self.dilation
+
     # -- the ranks' rows ---------------------------------------------------------------------------------
 
     def on_answers(self, call: dict, answers: list[dict]) -> None:
-        """Keep the flow and step rows every rank sent with its answer to ``call``."""
-        for answer in answers:
+        """Keep the flow and step rows every rank sent with its answer to ``call``, and what the measurement
+        cost each rank (its CPU demand and its event loop's lateness, for ``testbed.observe.fidelity``)."""
+        t_s = self.declared_s(time.monotonic_ns())
+        for rank, answer in enumerate(answers):
+            if answer.get("cpu"):
+                self.ranks.append([t_s, self.mode, call["size_bytes"], call["in_place"], rank,
+                                   *_cpu_row(answer["cpu"]), *(answer["loop"][c] for c in LOOP_COLUMNS)])
             if answer.get("flows"):
                 self.flows.append(self._frame(answer["flows"], answer["flow_columns"]))
             if answer.get("steps"):
@@ -152,7 +173,7 @@ class Telemetry:
     def _frame(self, rows: list[list], columns: list[str]) -> pd.DataFrame:
         frame = pd.DataFrame(rows, columns=columns)
         frame.insert(0, "mode", self.mode)
-        frame.insert(0, "t_s", (frame.pop("t_ns") - self.t0_ns) / 1e9)
+        frame.insert(0, "t_s", self.declared_s(frame.pop("t_ns")))
         return frame
 
     # -- results -----------------------------------------------------------------------------------------
@@ -161,7 +182,8 @@ class Telemetry:
         flows = pd.concat(self.flows, ignore_index=True) if self.flows else pd.DataFrame()
         steps = pd.concat(self.steps, ignore_index=True) if self.steps else pd.DataFrame()
         return {"queues": pd.DataFrame(self.queues, columns=QUEUE_COLUMNS),
-                "links": pd.DataFrame(self.links, columns=LINK_COLUMNS), "flows": flows, "steps": steps}
+                "links": pd.DataFrame(self.links, columns=LINK_COLUMNS), "flows": flows, "steps": steps,
+                "ranks": pd.DataFrame(self.ranks, columns=RANK_COLUMNS)}
 
     def overhead(self) -> dict:
         """What sampling cost: CPU share of the sampler thread, time per sample, late samples."""
@@ -175,7 +197,8 @@ class Telemetry:
                 "late_pct": 100 * self._late / max(1, len(self._ticks_ms)), "t0_monotonic_ns": self.t0_ns}
 
     def save(self, out: Path) -> list[Path]:
-        """``out/telemetry/{queues,links,flows,steps}.parquet`` and ``sampler.json`` (interval, overhead)."""
+        """``out/telemetry/{queues,links,flows,steps,ranks}.parquet``, ``sampler.json`` (interval, overhead) and
+        ``out/fidelity.csv`` (the verdict per mode)."""
         directory = Path(out) / "telemetry"
         directory.mkdir(parents=True, exist_ok=True)
         written = []
@@ -183,7 +206,14 @@ class Telemetry:
             frame.to_parquet(directory / f"{name}.parquet", index=False)
             written.append(directory / f"{name}.parquet")
         (directory / "sampler.json").write_text(json.dumps(self.overhead(), indent=2))
-        return [*written, directory / "sampler.json"]
+        pd.DataFrame([v.row() for v in self.verdicts()]).to_csv(Path(out) / "fidelity.csv", index=False)
+        return [*written, directory / "sampler.json", Path(out) / "fidelity.csv"]
+
+    def verdicts(self) -> list[fidelity.Verdict]:
+        """Was each mode so far faithful (``testbed.observe.fidelity``)?"""
+        frames = self.frames()
+        return fidelity.verdicts(frames["queues"], frames["ranks"], self.overhead(), shortest_rtt_s(self.tb),
+                                 self.dilation, data_frame_bytes())
 
     def latest(self) -> list[dict]:
         """Per DCI egress, over the last sample interval: utilisation, queue delay, marks and drops per second."""
@@ -201,6 +231,21 @@ class Telemetry:
                               "queue_ms": delay_ms,
                               "drops_per_s": (queue["drops"] - earlier["drops"]) / dt,
                               "marks_per_s": (queue["ecn_marks"] - earlier["ecn_marks"]) / dt}
+
+
+def shortest_rtt_s(tb) -> float | None:
+    """The fabric's shortest declared propagation RTT between two sites' hosts (None: a single site, or 0 km)."""
+    firsts = [tb.hosts(site.name)[0].name for site in tb.topo.fabric.sites]
+    rtts = [2 * path_delay_ms(tb.graph, a, b) / 1e3 for i, a in enumerate(firsts) for b in firsts[i + 1:]]
+    return min(rtts) if rtts and min(rtts) > 0 else None
+
+
+def _cpu_row(cpu: dict) -> tuple:
+    """wall_ms, cpu_ms, wait_ms (NaN where the kernel keeps no run-queue time) and the CPU demand: the share of
+    the wall time the rank was on a CPU or waiting for one (wall time: what the emulator's host spent)."""
+    wait = np.nan if cpu["wait_ns"] is None else cpu["wait_ns"]
+    wall = max(cpu["wall_ns"], 1)
+    return cpu["wall_ns"] / 1e6, cpu["run_ns"] / 1e6, wait / 1e6, (cpu["run_ns"] + np.nan_to_num(wait)) / wall
 
 
 def _peer(intf) -> str:

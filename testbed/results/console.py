@@ -1,9 +1,13 @@
-"""What a run says on the terminal: one console, plain lines that are never folded, compact tables.
+"""What a run says on the terminal: one console, plain lines that are never folded, compact tables, stages.
 
 Lines that may be copied (paths, nccl-tests rows) go out as they are: no markup, no highlighting, no wrapping.
-Tables fit 80 columns, because CI logs are not terminals.
+Tables fit 80 columns, because CI logs are not terminals.  A stage of work (``stage``) shows as a spinner on
+a terminal and as plain lines in a log or pipe: when it starts, at most every ``PROGRESS_EVERY_S`` while it
+reports progress, and when it ends, with how long it took.
 """
 
+import contextlib
+import time
 from pathlib import Path
 
 from rich import box
@@ -11,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 console = Console()
+PROGRESS_EVERY_S = 10.0
 
 
 def say(line: str) -> None:
@@ -29,6 +34,26 @@ def recording(lines: list[str]):
 def say_path(label: str, path: Path) -> None:
     """``label: path`` on one line whatever the width, so it can be copied."""
     say(f"{label}: {path}")
+
+
+@contextlib.contextmanager
+def stage(text: str):
+    """A stage of work; yields ``update(progress)`` for what it has got to (e.g. "7 of 16 nodes")."""
+    started = time.monotonic()
+    if console.is_terminal:
+        with console.status(text) as status:
+            yield lambda progress: status.update(f"{text}: {progress}")
+        return
+    said = [started]
+    say(f"{text} ...")
+
+    def update(progress: str) -> None:
+        if time.monotonic() - said[0] >= PROGRESS_EVERY_S:
+            said[0] = time.monotonic()
+            say(f"{text}: {progress} ({time.monotonic() - started:.0f} s)")
+
+    yield update
+    say(f"{text}: done in {time.monotonic() - started:.1f} s")
 
 
 def compact_table(title: str, columns: tuple[str, ...]) -> Table:

@@ -55,7 +55,8 @@ def build_report(results_dir: Path) -> Path:
     plots = write_plots(results_dir)
     meta = _read_json(results_dir / "params.json")
     title = str(meta.get("title") or f"results {results_dir.name}")
-    sections = (_header(results_dir, meta, title), _params_section(meta), _plots_section(results_dir, plots),
+    sections = (_header(results_dir, meta, title), _answer_section(results_dir, meta),
+                _plots_section(results_dir, plots), _params_section(meta),
                 _tables_section(results_dir, meta.get("tables", [])), _nccl_tests_section(results_dir),
                 _telemetry_section(results_dir), _crosscheck_section(results_dir))
     page = results_dir / REPORT_NAME
@@ -105,6 +106,29 @@ def _header(results_dir: Path, meta: dict, title: str) -> str:
     written = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
     return (f"<header>\n<h1>{escape(title)}</h1>\n{command_line}"
             f'<p class="meta">written {escape(written)} from {escape(str(results_dir.resolve()))}</p>\n</header>')
+
+
+def _answer_section(results_dir: Path, meta: dict) -> str:
+    """What the run found, first: the dilation, each ratio's verdict per size (a comparison), and whether
+    every mode was faithful; rows that are not valid, or modes that were emulator-limited, highlighted."""
+    parts = []
+    dilation = (meta.get("params") or {}).get("dilation")
+    if dilation is not None:
+        parts.append(f"<p>dilation {escape(_cell(float(dilation)))}: the fabric ran that many times slower than "
+                     "declared; every figure here is in declared time.</p>")
+    ratios = results_dir / "compare-ratios.csv"
+    if ratios.exists():
+        frame = pd.read_csv(ratios)
+        for mode in [c[:-len("_verdict")] for c in frame.columns if c.endswith("_verdict")]:
+            shown = frame[["size_bytes", f"{mode}_x", f"{mode}_x_ci_low", f"{mode}_x_ci_high", f"{mode}_verdict"]]
+            shown.columns = ["size B", "ratio", "95% low", "95% high", "verdict"]
+            parts.append(f"<h3>{escape(mode)} against the reference</h3>\n"
+                         + _html_table(shown, [not _is_ok(v) for v in frame[f"{mode}_valid"]]))
+    fidelity = results_dir / "fidelity.csv"
+    if fidelity.exists():
+        frame = pd.read_csv(fidelity)[["mode", "verdict", "needed_dilation"]]
+        parts.append("<h3>fidelity</h3>\n" + _html_table(frame, [v != "faithful" for v in frame["verdict"]]))
+    return _section("answer", "\n".join(parts)) if parts else ""
 
 
 def _value_text(value) -> str:

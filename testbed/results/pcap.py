@@ -32,7 +32,9 @@ Clocks
     ``t0_monotonic_ns`` (the first packet's time when null), so it lines up with the telemetry's ``t_s``.
     A data packet's one-way delay is its capture time minus the ``send_timestamp_ns`` the sender wrote
     (``time.monotonic_ns()`` of the sending host, the same clock): sending host to tap, queueing and fibre
-    included.  A packet cut before the end of that timestamp has none (NA).
+    included.  A packet cut before the end of that timestamp has none (NA).  Both are declared times: divided
+    by the run's ``dilation`` (``capture.json``; ``testbed.model.dilation``), so every rate and bin derived
+    from them is declared too.
 """
 
 import json
@@ -220,6 +222,7 @@ def _timed(raw: pd.DataFrame, meta: dict) -> pd.DataFrame:
     t0_ns = meta.get("t0_monotonic_ns")
     if t0_ns is None:
         t0_ns = int(monotonic_ns.min()) if len(raw) else 0
+    dilation = float(meta.get("dilation", 1.0))
     return raw.drop(columns="capture_ns").assign(
-        t_s=(monotonic_ns - int(t0_ns)) / 1e9,
-        owd_ms=((monotonic_ns - raw["send_ts_ns"]) / 1e6).astype("float64"))
+        t_s=(monotonic_ns - int(t0_ns)) / 1e9 / dilation,
+        owd_ms=((monotonic_ns - raw["send_ts_ns"]) / 1e6 / dilation).astype("float64"))

@@ -12,6 +12,10 @@ A queue pair carries messages one way, from a ``Sender`` on the source host's NI
 destination's (``testbed.roce.transport``).  Both ends live in this process and run in its event loop, which
 turns only inside the blocking calls here (``recv``, ``flush``, ``exchange``): a call serves the NICs of
 every queue pair it waits on, so several flows progress together, as on a real fabric.
+
+On a dilated testbed (``tb.dilation`` k, ``testbed.model.dilation``) ``connect`` is the transport's boundary:
+``cc`` and ``config`` are declared, the queue pair runs them k times slower (``controllers.dilated.Dilated``,
+``TransportConfig.dilated``), and ``stats`` and ``series`` report rates and times declared again.
 """
 
 from collections.abc import Sequence
@@ -21,19 +25,22 @@ import numpy as np
 
 from controllers.base import CongestionControl
 from controllers.dcqcn import Dcqcn, DcqcnParams
+from controllers.dilated import Dilated
 from testbed.roce.nic import Nic, run
 from testbed.roce.receiver import Receiver
 from testbed.roce.sender import Sender
 from testbed.roce.transport import TransportConfig
 
 DEFAULT_TIMEOUT_S = 60.0
+RATES = ("rate_bps", "goodput_bps")  # what stats and series report in bits/s: wall x dilation = declared
+DURATIONS = ("srtt_ns", "rto_ns", "rtt_ns", "one_way_delay_ns")  # ... and in ns: wall / dilation = declared
 
 
 class QueuePair:
     """One-way queue pair ``src`` -> ``dst`` (host names): its two ends and the NICs that carry them."""
 
-    def __init__(self, src: str, dst: str, sender: Sender, receiver: Receiver) -> None:
-        self.src, self.dst, self.sender, self.receiver = src, dst, sender, receiver
+    def __init__(self, src: str, dst: str, sender: Sender, receiver: Receiver, dilation: float = 1.0) -> None:
+        self.src, self.dst, self.sender, self.receiver, self.dilation = src, dst, sender, receiver, dilation
         self.nics = [sender.nic, receiver.nic]
 
     def __repr__(self) -> str:
@@ -60,14 +67,22 @@ class QueuePair:
 
     def stats(self) -> dict:
         """One flat row: the sender's counters, rate, RTT and goodput, and the receiver's counters (``rx_``)."""
-        return {"src": self.src, "dst": self.dst, "qpn": self.sender.qpn, **self.sender.stats(),
+        return {"src": self.src, "dst": self.dst, "qpn": self.sender.qpn, **self._declared(self.sender.stats()),
                 **{f"rx_{name}": value for name, value in self.receiver.counters.items()}}
 
     def series(self) -> list[dict]:
         """Time series rows of both ends (ACK/NAK/CNP/timeout at the sender, deliveries and CNPs at the receiver)."""
-        rows = [dict(row, end="sender") for row in self.sender.series]
-        rows += [dict(row, end="receiver") for row in self.receiver.series]
+        rows = [dict(self._declared(row), end="sender") for row in self.sender.series]
+        rows += [dict(self._declared(row), end="receiver") for row in self.receiver.series]
         return sorted(rows, key=lambda row: row["t_ns"])
+
+    def _declared(self, row: dict) -> dict:
+        """``row`` with its rates and durations in declared units (``t_ns`` stays the run's clock)."""
+        if self.dilation == 1:
+            return row
+        return {name: value * self.dilation if name in RATES and value is not None
+                else value / self.dilation if name in DURATIONS and value is not None else value
+                for name, value in row.items()}
 
     def close(self) -> None:
         self.sender.close()
@@ -91,6 +106,8 @@ def connect(tb, src, dst, cc: CongestionControl | None = None,
         raise ValueError(f"a queue pair needs two hosts, got {src.name} twice")
     if cc is None:
         cc = Dcqcn(DcqcnParams().scaled_to(line_rate_bps(src)))
+    if tb.dilation != 1:
+        cc, config = Dilated(cc, tb.dilation), config.dilated(tb.dilation)
     sending, receiving = host_nic(tb, src), host_nic(tb, dst)
     sqpn, rqpn = sending.new_qpn(), receiving.new_qpn()
     receiver = Receiver(receiving, rqpn, sqpn, config)
@@ -99,7 +116,7 @@ def connect(tb, src, dst, cc: CongestionControl | None = None,
     except BaseException:
         receiver.close()
         raise
-    return QueuePair(src.name, dst.name, sender, receiver)
+    return QueuePair(src.name, dst.name, sender, receiver, tb.dilation)
 
 
 def host_nic(tb, host) -> Nic:

@@ -31,7 +31,7 @@ class Receiver(QueuePairEnd):
     def __init__(self, nic: Nic, qpn: int, peer_qpn: int, config: TransportConfig = TransportConfig()) -> None:
         super().__init__(nic, qpn, peer_qpn, config)
         self._cnp_tos, self._ack_tos = ip_tos(Kind.CNP, config.dscp), ip_tos(Kind.ACK, config.dscp)
-        self._cnp_pacer = CnpPacer() if config.cnp_interval_ns is None else CnpPacer(config.cnp_interval_ns)
+        self._cnp_pacer = CnpPacer(config.cnp_interval_ns)
         self._expected = config.start_psn
         self._msn = 0
         self._nak_outstanding = False

@@ -63,7 +63,7 @@ from scapy.contrib.roce import AETH, BTH, CNP_OPCODE, cnp, opcode
 from scapy.layers.inet import IP, UDP
 from scapy.packet import Raw
 
-from testbed.model.units import IPV4_HEADER_BYTES
+from testbed.model.units import IPV4_HEADER_BYTES, frame_bytes
 from testbed.roce.psn import PSN_MASK
 
 ROCEV2_UDP_PORT = 4791
@@ -181,6 +181,11 @@ def check_mtu(mtu: int) -> int:
 def data_capacity(mtu: int = DEFAULT_MTU) -> int:
     """Message bytes one full data packet carries at IB MTU ``mtu``."""
     return check_mtu(mtu) - DATA_HEADER_LEN
+
+
+def data_frame_bytes(mtu: int = DEFAULT_MTU) -> int:
+    """Bytes one full data packet occupies on an Ethernet link (what HTB and RED count) at IB MTU ``mtu``."""
+    return frame_bytes(check_mtu(mtu) + WIRE_OVERHEAD)
 
 
 def largest_mtu_for(link_mtu: int) -> int:

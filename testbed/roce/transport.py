@@ -21,12 +21,15 @@ Both ends are built from the same ``TransportConfig`` (like the PSNs and QPNs a 
 at setup).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Self
 
+from controllers.dcqcn import DcqcnParams
 from testbed.roce.nic import Endpoint, Nic
 from testbed.roce.psn import PSN_MASK
 from testbed.roce.rocev2 import DEFAULT_MTU, QPN_MAX, check_mtu
+
+TIME_FIELDS = ("ack_delay_ns", "initial_rto_ns", "min_rto_ns", "max_rto_ns", "cnp_interval_ns")
 
 
 @dataclass(frozen=True)
@@ -41,10 +44,15 @@ class TransportConfig:
     initial_rto_ns: int = 200_000_000
     min_rto_ns: int = 10_000_000
     max_rto_ns: int = 2_000_000_000
-    cnp_interval_ns: int | None = None  # the receiver's CNP pacing; None: its notification point's default
+    cnp_interval_ns: int = DcqcnParams.np_min_time_between_cnps_ns  # the receiver is DCQCN's notification point
     dscp: int = 0
     selective_repeat: bool = False  # resend only the missing packet; the receiver buffers out-of-order ones
     reorder_window: int = 1024  # packets past the expected PSN the receiver buffers with selective repeat
+
+    def dilated(self, dilation: float) -> "TransportConfig":
+        """These settings ``dilation`` times slower (``testbed.model.dilation``): every time (ACK delay, RTO
+        initial, floor and ceiling, CNP interval) multiplied; sizes and counts unchanged."""
+        return replace(self, **{name: round(getattr(self, name) * dilation) for name in TIME_FIELDS})
 
     def __post_init__(self) -> None:
         check_mtu(self.mtu)
@@ -54,9 +62,8 @@ class TransportConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("ack_delay_ns", "cnp_interval_ns"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
 def check_qpns(qpn: int, peer_qpn: int) -> None:

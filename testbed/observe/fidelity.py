@@ -1,0 +1,122 @@
+"""Was the run faithful, or did the emulator's CPU limit what it measured?  One verdict per mode.
+
+A dilated run (``testbed.model.dilation``) is faithful when the emulator kept every promise the model makes:
+links dequeued at their set rates, processes got a CPU when their timers and packets asked, and what
+observed them sampled at its interval.  After Handigol et al., "Reproducible Network Experiments Using
+Container-Based Emulation" (CoNEXT 2012), which checked per-packet departure times at the bottleneck against
+the expected transmission time and sampled link utilisation every 10 ms, each mode is held against four
+measurements, all from the run's telemetry (``testbed.observe.telemetry``):
+
+    dci_rate   while a DCI egress stayed backlogged from one sample to the next (at least two full frames
+               queued at both), what it sent in between against its set rate: the median ratio >= 0.95.
+               Below, the kernel's shaping or forwarding could not keep the link busy: the emulator's CPU.
+    rank_cpu   each rank's CPU demand in each measurement, (time on a CPU + time waiting on a run queue for
+               one) / wall time (``/proc/self/schedstat``): the largest <= 0.8.  A rank that wanted a CPU all
+               the time could not keep up with its pacing, its timers or its packets.
+    loop_late  how late each rank's event loop woke up beyond the timer it set (``testbed.roce.nic.Lateness``):
+               the largest p99 <= 10 % of the fabric's shortest base RTT between sites, in wall time (the
+               declared RTT times k).  Beyond, RTT samples and control loops see the emulator's delays.
+    sampler    the telemetry's achieved sampling interval <= 2x the one asked: the observation kept up.
+
+The verdict is ``faithful`` or ``emulator-limited: <measurement> <value> (bound <bound>)`` for the first
+bound broken, and ``needed_dilation`` estimates the k that would have kept it: the CPU a run needs, and so
+the demand and the lateness relative to a dilated RTT, scale about as 1 / k, the DCI's shortfall likewise.
+A measurement with nothing to measure (no backlog, no ranks) is not held against the mode.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+MIN_DCI_RATE = 0.95
+MAX_RANK_CPU = 0.8
+MAX_LATE_RTT = 0.1
+MAX_SAMPLER_LAG = 2.0
+BACKLOG_FRAMES = 2
+# (name, how the value reads, bound, True when the value must stay at or below the bound)
+CHECKS = (("dci_rate", "DCI rate while backlogged, of its set rate", MIN_DCI_RATE, False),
+          ("rank_cpu", "rank CPU demand", MAX_RANK_CPU, True),
+          ("loop_late", "event-loop lateness p99, of the base RTT", MAX_LATE_RTT, True),
+          ("sampler", "telemetry interval, of the one asked", MAX_SAMPLER_LAG, True))
+
+
+@dataclass
+class Verdict:
+    """One mode's fidelity: each measurement's value (None: nothing to measure), and what they add up to."""
+
+    mode: str
+    dilation: float
+    values: dict[str, float | None] = field(default_factory=dict)
+
+    @property
+    def broken(self) -> list[tuple[str, str, float, float, bool]]:
+        """The checks whose bound the run broke, in ``CHECKS`` order, with their values."""
+        return [(name, label, self.values[name], bound, upper) for name, label, bound, upper in CHECKS
+                if self.values.get(name) is not None
+                and (self.values[name] > bound if upper else self.values[name] < bound)]
+
+    @property
+    def faithful(self) -> bool:
+        return not self.broken
+
+    @property
+    def text(self) -> str:
+        if self.faithful:
+            return "faithful"
+        _, label, value, bound, upper = self.broken[0]
+        return f"emulator-limited: {label} {value:.3g} ({'max' if upper else 'min'} {bound:g})"
+
+    @property
+    def needed_dilation(self) -> float:
+        """The k that would have kept every bound (this k if none was broken)."""
+        factors = [value / bound if upper else bound / value for _, _, value, bound, upper in self.broken]
+        return self.dilation * max([1.0, *factors])
+
+    @property
+    def line(self) -> str:
+        """One line for the terminal: ``fidelity <mode>: <text>`` and, when limited, the k it asks for."""
+        needed = "" if self.faithful else f"; k >= {self.needed_dilation:.3g} would be needed"
+        return f"fidelity{' ' + self.mode if self.mode else ''}: {self.text}{needed}"
+
+    def row(self) -> dict:
+        return {"mode": self.mode, "dilation": self.dilation, **self.values, "verdict": self.text,
+                "needed_dilation": self.needed_dilation}
+
+
+def verdicts(queues: pd.DataFrame, ranks: pd.DataFrame, sampler: dict, base_rtt_s: float | None,
+             dilation: float, frame_bytes: int) -> list[Verdict]:
+    """One verdict per mode of the telemetry's ``queues`` and ``ranks`` tables (``testbed.observe.telemetry``),
+    in the order the modes ran; ``sampler`` is its ``overhead()``, ``base_rtt_s`` the fabric's shortest
+    declared RTT between sites (None: one site, no lateness bound)."""
+    modes = list(dict.fromkeys([*ranks.get("mode", pd.Series(dtype=str)), *queues.get("mode", pd.Series(dtype=str))]))
+    lag = sampler.get("achieved_interval_ms", np.nan) / sampler.get("interval_ms", np.nan)
+    result = []
+    for mode in modes:
+        mode_queues = queues[queues["mode"] == mode] if len(queues) else queues
+        mode_ranks = ranks[ranks["mode"] == mode] if len(ranks) else ranks
+        result.append(Verdict(mode, dilation, {
+            "dci_rate": dci_rate(mode_queues, frame_bytes),
+            "rank_cpu": _largest(mode_ranks, "cpu_demand"),
+            "loop_late": None if base_rtt_s is None or mode_ranks.empty
+            else float(mode_ranks["late_p99_us"].max()) / 1e6 / (base_rtt_s * dilation),
+            "sampler": None if not np.isfinite(lag) else float(lag)}))
+    return result
+
+
+def dci_rate(queues: pd.DataFrame, frame_bytes: int) -> float | None:
+    """The median, over sample intervals a DCI egress stayed backlogged through, of what it sent against its
+    set rate (``queues``' times and rates are declared, so the ratio is too)."""
+    dci = queues[queues["dci"].notna()] if len(queues) else queues
+    ratios = []
+    for _, rows in dci.sort_values("t_s").groupby(["node", "peer"]):
+        busy = (rows["backlog_bytes"] >= BACKLOG_FRAMES * frame_bytes).to_numpy()
+        t, sent, rate = (rows[c].to_numpy(dtype=float) for c in ("t_s", "sent_bytes", "rate_bps"))
+        through = busy[1:] & busy[:-1] & (np.diff(t) > 0)
+        ratios += list((np.diff(sent) * 8 / np.diff(t) / rate[1:])[through])
+    return float(np.median(ratios)) if ratios else None
+
+
+def _largest(frame: pd.DataFrame, column: str) -> float | None:
+    values = frame[column].dropna() if column in frame else pd.Series(dtype=float)
+    return float(values.max()) if len(values) else None

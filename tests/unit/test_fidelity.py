@@ -1,0 +1,84 @@
+"""The fidelity verdict from synthetic telemetry: each bound, what breaks it, and the k it asks for."""
+
+import pandas as pd
+import pytest
+
+from testbed.observe.fidelity import CHECKS, Verdict, dci_rate, verdicts
+from testbed.observe.telemetry import QUEUE_COLUMNS, RANK_COLUMNS
+from testbed.roce.nic import Lateness
+
+FRAME = 4154
+RATE = 400e9  # declared
+
+
+def queues(mode: str, sent_share: float, backlog: int = 10 * FRAME, samples: int = 20) -> list[list]:
+    """A DCI egress sampled every 10 declared us, sending ``sent_share`` of its rate while ``backlog`` waits."""
+    rows, sent = [], 0.0
+    for i in range(samples):
+        t_s = i * 1e-5
+        rows.append([t_s, mode, "westb", "eastb", "westb-eth1", "west-east", RATE, backlog, backlog // FRAME,
+                     backlog * 8e3 / RATE, round(sent), 0, 0, 0])
+        sent += sent_share * RATE / 8 * 1e-5
+    return rows
+
+
+def ranks(mode: str, demand: float, late_p99_us: float) -> list[list]:
+    return [[0.1, mode, 1 << 20, False, rank, 1000.0, 1000.0 * demand, 0.0, demand, 500, 50.0, late_p99_us,
+             late_p99_us] for rank in range(4)]
+
+
+def judge(queue_rows, rank_rows, achieved_ms=10.0, k=1000.0):
+    return verdicts(pd.DataFrame(queue_rows, columns=QUEUE_COLUMNS), pd.DataFrame(rank_rows, columns=RANK_COLUMNS),
+                    {"interval_ms": 10.0, "achieved_interval_ms": achieved_ms}, base_rtt_s=1e-4, dilation=k,
+                    frame_bytes=FRAME)
+
+
+def test_a_run_that_kept_every_promise_is_faithful():
+    (verdict,) = judge(queues("baseline", 0.99), ranks("baseline", 0.3, 2_000))  # 2 ms late of a 100 ms wall RTT
+    assert verdict.faithful and verdict.text == "faithful" and verdict.needed_dilation == 1000
+    assert verdict.values["dci_rate"] == pytest.approx(0.99)
+    assert verdict.values["loop_late"] == pytest.approx(0.02)
+
+
+@pytest.mark.parametrize("queue_share, demand, late_us, achieved_ms, broken, needed", [
+    (0.80, 0.3, 2_000, 10, "DCI rate while backlogged, of its set rate 0.8 (min 0.95)", 1000 * 0.95 / 0.8),
+    (0.99, 0.97, 2_000, 10, "rank CPU demand 0.97 (max 0.8)", 1000 * 0.97 / 0.8),
+    (0.99, 0.3, 30_000, 10, "event-loop lateness p99, of the base RTT 0.3 (max 0.1)", 3000),
+    (0.99, 0.3, 2_000, 50, "telemetry interval, of the one asked 5 (max 2)", 2500),
+])
+def test_each_broken_bound_names_itself_and_the_k_that_would_keep_it(queue_share, demand, late_us, achieved_ms,
+                                                                     broken, needed):
+    (verdict,) = judge(queues("m", queue_share), ranks("m", demand, late_us), achieved_ms)
+    assert not verdict.faithful
+    assert verdict.text == f"emulator-limited: {broken}"
+    assert verdict.needed_dilation == pytest.approx(needed)
+
+
+def test_modes_are_judged_apart_in_the_order_they_ran():
+    result = judge(queues("baseline", 0.99) + queues("adaptive", 0.5), ranks("baseline", 0.3, 10) +
+                   ranks("adaptive", 0.3, 10))
+    assert [(v.mode, v.faithful) for v in result] == [("baseline", True), ("adaptive", False)]
+
+
+def test_a_queue_that_never_stayed_backlogged_says_nothing_about_the_rate():
+    rows = queues("m", 0.2, backlog=FRAME)  # one frame: it may drain between samples, no claim on the rate
+    assert dci_rate(pd.DataFrame(rows, columns=QUEUE_COLUMNS), FRAME) is None
+    (verdict,) = judge(rows, ranks("m", 0.3, 10))
+    assert verdict.values["dci_rate"] is None and verdict.faithful
+
+
+def test_every_check_has_a_verdict_row():
+    row = Verdict("m", 10.0, {name: None for name, *_ in CHECKS}).row()
+    assert set(row) == {"mode", "dilation", "dci_rate", "rank_cpu", "loop_late", "sampler", "verdict",
+                        "needed_dilation"}
+
+
+def test_lateness_quantiles_come_from_quarter_octave_buckets():
+    late = Lateness()
+    for ns in [500] * 90 + [10_000] * 9 + [1_000_000]:
+        late.record(ns)
+    assert late.quantile(0.5) == 1000  # the first bucket: at most 1 us
+    assert 10_000 <= late.quantile(0.99) <= 10_000 * 2 ** 0.25
+    summary = late.take()
+    assert summary["wakeups"] == 100 and summary["late_max_us"] == 1000.0
+    assert late.take()["wakeups"] == 0  # taking starts afresh
