@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 from testbed.net import cleanup, kernel
@@ -54,8 +55,13 @@ def command(argv: list[str], rwdirs: list[Path], cwd: Path) -> list[str]:
         raise MicroVmError("virtme-ng (vng) is not installed: run scripts/provision.sh")
     inner = (f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:{SANE_PATH} {IN_VM_ENV}=1 "
              f"TESTBED_VM_ACCEL={accel()} PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 MPLCONFIGDIR=/tmp/matplotlib "
-             f"NPY_DISABLE_CPU_FEATURES={shlex.quote(_numpy_dispatched())} && {shlex.join(argv)}")
-    # the root file system is the host's, read-only: matplotlib's cache goes in /tmp
+             f"{_stdlib_distutils()}NPY_DISABLE_CPU_FEATURES={shlex.quote(_numpy_dispatched())} "
+             f"&& {shlex.join(argv)}")
+    # the root file system is the host's, read-only: matplotlib's cache goes in /tmp.  Mininet imports
+    # distutils, which setuptools' shim in the venv (distutils-precedence.pth) serves from setuptools, whose
+    # pkg_resources then scans every installed distribution: 35 s of a 74 s "import testbed.cli" under TCG,
+    # where every file is read over 9p.  The standard library's distutils (Debian's python3-distutils) is
+    # what Mininet was written for, and costs nothing: used where the distribution ships it.
     cmd = [vng, "-r", str(kernel_image()), "--memory", os.environ.get("TESTBED_VM_MEMORY", "3G"),
            "--cpus", str(os.cpu_count() or 1), "--cwd", str(cwd), "--exec", inner]
     if accel() == "tcg":
@@ -63,6 +69,13 @@ def command(argv: list[str], rwdirs: list[Path], cwd: Path) -> list[str]:
     for directory in rwdirs:
         cmd[1:1] = ["--rwdir", str(directory)]
     return cmd
+
+
+def _stdlib_distutils() -> str:
+    """``SETUPTOOLS_USE_DISTUTILS=stdlib `` where the standard library still has distutils (Python <= 3.11 with
+    Debian's python3-distutils), else nothing (see ``command``)."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"]) / "distutils" / "version.py"
+    return "SETUPTOOLS_USE_DISTUTILS=stdlib " if stdlib.exists() else ""
 
 
 def _numpy_dispatched() -> str:

@@ -181,9 +181,10 @@ class Telemetry:
     def frames(self) -> dict[str, pd.DataFrame]:
         flows = pd.concat(self.flows, ignore_index=True) if self.flows else pd.DataFrame()
         steps = pd.concat(self.steps, ignore_index=True) if self.steps else pd.DataFrame()
-        return {"queues": pd.DataFrame(self.queues, columns=QUEUE_COLUMNS),
-                "links": pd.DataFrame(self.links, columns=LINK_COLUMNS), "flows": flows, "steps": steps,
-                "ranks": pd.DataFrame(self.ranks, columns=RANK_COLUMNS)}
+        # the sampler thread may append while this runs: a slice is copied whole under the GIL
+        return {"queues": pd.DataFrame(self.queues[:], columns=QUEUE_COLUMNS),
+                "links": pd.DataFrame(self.links[:], columns=LINK_COLUMNS), "flows": flows, "steps": steps,
+                "ranks": pd.DataFrame(self.ranks[:], columns=RANK_COLUMNS)}
 
     def overhead(self) -> dict:
         """What sampling cost: CPU share of the sampler thread, time per sample, late samples."""

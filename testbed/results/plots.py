@@ -7,13 +7,19 @@ its data is absent or empty (nothing is written then), so a run that recorded le
 Figures are ``matplotlib.figure.Figure`` objects rather than pyplot's: a library should not pick the process's
 backend, and pyplot's registry would keep every figure alive until closed; these are freed once written.
 
-Time is ``t_s``, seconds since the run's t0.  In a comparison the modes run one after another on that one
-axis, and the ranks (with their queue-pair counters) restart with each mode, so every series here is one
-mode's: lines never join across a mode change and counters are never differenced across one.
+Time is ``t_s``, declared seconds since the run's t0.  In a comparison the modes run one after another on
+that one axis, and the ranks (with their queue-pair counters) restart with each mode, so every series here is
+one mode's: lines never join across a mode change and counters are never differenced across one.
+
+On a dilated run (``testbed.model.dilation``, the run's ``dilation`` k in params.json) a declared second is k
+seconds of the emulator's: a 400 Gbit/s sweep lasts milliseconds, declared.  So each axis shows time in the
+unit that reads best (s, ms or us), and the bins that goodput and CNPs are counted in are ``EVENT_BIN_S`` of
+wall time (what the samplers resolve), i.e. ``EVENT_BIN_S / k`` declared.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -34,9 +40,9 @@ FLOW_KEYS = ["rank", "peer", "channel", "sqpn"]  # one queue-pair end within a m
 FLOW_LABEL_KEYS = ["rank", "peer", "channel"]  # the same flow in every mode (its QP number changes)
 QUEUE_KEYS = ["node", "peer", "intf"]  # one egress queue
 CAPTURE_FLOW_KEYS = ["src", "dst", "dqpn", "intf"]  # one queue pair as seen on one captured interface
-TIME_LABEL = "time since run start (s)"
-LEAD_S = 1.0  # queue plots start this long before the ranks' first sample
-EVENT_BIN_S = 0.1  # CNPs (summed over the senders) and goodput per bin of this width
+TIME_UNITS = ((1.0, "s"), (1e3, "ms"), (1e6, "us"))  # the first whose numbers reach 1 shows a span
+LEAD_S = 1.0  # queue plots start this long (wall time) before the ranks' first sample
+EVENT_BIN_S = 0.1  # CNPs (summed over the senders) and goodput per bin of this width (wall time)
 
 
 # --- numbers --------------------------------------------------------------------------------------------
@@ -59,6 +65,26 @@ def interval_deltas(frame: pd.DataFrame, keys: Sequence[str], column: str) -> pd
     ordered = frame.sort_values("t_s", kind="stable")
     deltas = ordered.groupby(["mode", *keys], sort=False, dropna=False)[column].diff()
     return deltas.where(deltas >= 0).reindex(frame.index)
+
+
+def time_unit(t_s: pd.Series) -> tuple[float, str]:
+    """(scale, name) of the unit that shows the times ``t_s`` span with numbers of at least 1: s, ms or us."""
+    span = float(t_s.max() - t_s.min()) if len(t_s) else 0.0
+    return next(((scale, name) for scale, name in TIME_UNITS if span * scale >= 1), TIME_UNITS[-1])
+
+
+def _in_unit(frame: pd.DataFrame, scale: float) -> pd.DataFrame:
+    """``frame`` with ``t_s`` in the display unit (the column keeps its name: spans and lines use it)."""
+    return frame.assign(t_s=frame["t_s"] * scale)
+
+
+def _time_label(name: str) -> str:
+    return f"time since run start ({name}, declared)"
+
+
+def _per(bin_s: float, name: str, scale: float) -> str:
+    """A bin's width in the axis's unit, e.g. "per 0.05 ms"."""
+    return f"per {bin_s * scale:.3g} {name}"
 
 
 def bin_start(t_s: pd.Series, bin_s: float) -> pd.Series:
@@ -212,27 +238,31 @@ def plot_dci_queue_delay(queues: pd.DataFrame | None, path: Path) -> Path | None
     dci = _dci_queues(queues)
     if dci.empty:
         return None
+    scale, unit = time_unit(dci["t_s"])
+    dci = _in_unit(dci, scale).assign(queue_delay=dci["queue_delay_ms"] / 1e3 * scale)
     figure, (axes,) = _figure(1)
-    _plot_lines(axes, dci, QUEUE_KEYS, "queue_delay_ms", _queue_label)
+    _plot_lines(axes, dci, QUEUE_KEYS, "queue_delay", _queue_label)
     _mark_modes([axes], mode_spans(dci))
-    axes.set(xlabel=TIME_LABEL, ylabel="queueing delay (ms)", title="DCI egress queueing delay")
+    axes.set(xlabel=_time_label(unit), ylabel=f"queueing delay ({unit}, declared)", title="DCI egress queueing delay")
     _legend(axes)
     return _save(figure, path)
 
 
-def plot_flow_rate(flows: pd.DataFrame | None, path: Path) -> Path | None:
+def plot_flow_rate(flows: pd.DataFrame | None, path: Path, dilation: float = 1.0) -> Path | None:
     """Each sender's pacing rate (what congestion control allowed) above its goodput (what got acknowledged)."""
     senders = _senders(flows)
     if senders.empty:
         return None
     senders, note = legible_flows(senders, FLOW_LABEL_KEYS)
-    senders = senders.assign(pacing_mbps=senders["rate_bps"] / 1e6)
+    bin_s, (scale, unit) = EVENT_BIN_S / dilation, time_unit(senders["t_s"])
+    goodput = _in_unit(goodput_mbps(senders, bin_s), scale)
+    senders = _in_unit(senders.assign(pacing_mbps=senders["rate_bps"] / 1e6), scale)
     figure, (rate_axes, goodput_axes) = _figure(2)
     _plot_lines(rate_axes, senders, FLOW_LABEL_KEYS, "pacing_mbps", _flow_label)
-    _plot_lines(goodput_axes, goodput_mbps(senders), FLOW_LABEL_KEYS, "goodput_mbps", _flow_label)
+    _plot_lines(goodput_axes, goodput, FLOW_LABEL_KEYS, "goodput_mbps", _flow_label)
     _mark_modes([rate_axes, goodput_axes], mode_spans(senders))
     rate_axes.set(ylabel="pacing rate (Mbit/s)")
-    goodput_axes.set(xlabel=TIME_LABEL, ylabel=f"goodput per {EVENT_BIN_S * 1e3:.0f} ms (Mbit/s)")
+    goodput_axes.set(xlabel=_time_label(unit), ylabel=f"goodput {_per(bin_s, unit, scale)} (Mbit/s)")
     figure.suptitle(f"Sender pacing rate (per sample) and acknowledged goodput{note}")
     _legend(rate_axes)
     return _save(figure, path)
@@ -282,31 +312,33 @@ def plot_busbw(results: pd.DataFrame | None, path: Path) -> Path | None:
     return _save(figure, path)
 
 
-def plot_ce_cnp(queues: pd.DataFrame | None, flows: pd.DataFrame | None, path: Path) -> Path | None:
+def plot_ce_cnp(queues: pd.DataFrame | None, flows: pd.DataFrame | None, path: Path,
+                dilation: float = 1.0) -> Path | None:
     """CE marks the DCI egresses set per sample interval above the CNPs the senders received for them."""
     dci, senders = _dci_queues(queues), _senders(flows)
     if dci.empty and senders.empty:
         return None
+    bin_s, (scale, unit) = EVENT_BIN_S / dilation, time_unit(pd.concat([dci.get("t_s"), senders.get("t_s")]))
     figure, (ce_axes, cnp_axes) = _figure(2)
     if dci.empty:
         _say_missing(ce_axes, "no DCI queue telemetry")
     else:
-        dci = dci.assign(ce_marks=interval_deltas(dci, QUEUE_KEYS, "ecn_marks"))
+        dci = _in_unit(dci.assign(ce_marks=interval_deltas(dci, QUEUE_KEYS, "ecn_marks")), scale)
         _plot_lines(ce_axes, dci, QUEUE_KEYS, "ce_marks", _queue_label)
         _legend(ce_axes)
     if senders.empty:
         _say_missing(cnp_axes, "no sender telemetry")
     else:
         # every rank samples on its own clock ticks: sum the senders' increments per time bin, not per t_s
-        senders = senders.assign(cnps=interval_deltas(senders, FLOW_KEYS, "cnps_received"),
-                                 t_s=bin_start(senders.t_s, EVENT_BIN_S))
+        senders = _in_unit(senders.assign(cnps=interval_deltas(senders, FLOW_KEYS, "cnps_received"),
+                                          t_s=bin_start(senders.t_s, bin_s)), scale)
         cnps = senders.groupby(["mode", "t_s"], sort=True, as_index=False)["cnps"].sum(min_count=1)
         _plot_series(cnp_axes, cnps, "cnps", "all senders", "tab:red")
         _legend(cnp_axes)
     recorded = [frame[["mode", "t_s"]] for frame in (dci, senders) if not frame.empty]
     _mark_modes([ce_axes, cnp_axes], mode_spans(pd.concat(recorded)))
     ce_axes.set(ylabel="CE marks per interval")
-    cnp_axes.set(xlabel=TIME_LABEL, ylabel=f"CNPs received per {EVENT_BIN_S * 1e3:.0f} ms")
+    cnp_axes.set(xlabel=_time_label(unit), ylabel=f"CNPs received {_per(bin_s, unit, scale)}")
     figure.suptitle("ECN: CE marks at the DCI egresses (per sample) and CNPs back at the senders")
     return _save(figure, path)
 
@@ -316,9 +348,10 @@ def plot_capture_throughput(throughput: pd.DataFrame | None, path: Path) -> Path
     if _absent(throughput):
         return None
     throughput, note = legible_flows(throughput.sort_values("t_s", kind="stable"), CAPTURE_FLOW_KEYS)
+    scale, unit = time_unit(throughput["t_s"])
     figure, (axes,) = _figure(1)
-    _plot_lines(axes, throughput, CAPTURE_FLOW_KEYS, "mbps", _capture_label)
-    axes.set(xlabel=TIME_LABEL, ylabel="throughput (Mbit/s)", title=f"Per-flow throughput in the capture{note}")
+    _plot_lines(axes, _in_unit(throughput, scale), CAPTURE_FLOW_KEYS, "mbps", _capture_label)
+    axes.set(xlabel=_time_label(unit), ylabel="throughput (Mbit/s)", title=f"Per-flow throughput in the capture{note}")
     _legend(axes)
     return _save(figure, path)
 
@@ -327,6 +360,12 @@ def plot_capture_throughput(throughput: pd.DataFrame | None, path: Path) -> Path
 
 def _load(path: Path) -> pd.DataFrame | None:
     return pd.read_parquet(path) if path.exists() else None
+
+
+def _params(results_dir: Path) -> dict:
+    """The run's parameters (``params.json``), empty when it has none."""
+    path = results_dir / "params.json"
+    return (json.loads(path.read_text()).get("params") or {}) if path.exists() else {}
 
 
 def write_plots(results_dir: Path) -> list[Path]:
@@ -338,19 +377,20 @@ def write_plots(results_dir: Path) -> list[Path]:
     results_dir = Path(results_dir)
     telemetry = results_dir / "telemetry"
     queues, flows = _load(telemetry / "queues.parquet"), _load(telemetry / "flows.parquet")
+    dilation = float(_params(results_dir).get("dilation", 1.0))
     if queues is not None and not _absent(flows):  # from just before the ranks' first sample: rank start-up is idle
-        queues = queues[queues["t_s"] >= flows["t_s"].min() - LEAD_S]
+        queues = queues[queues["t_s"] >= flows["t_s"].min() - LEAD_S / dilation]
     planned = (("dci-queue-delay.png", plot_dci_queue_delay, (queues,)),
-               ("flow-rate.png", plot_flow_rate, (flows,)),
+               ("flow-rate.png", plot_flow_rate, (flows,), dilation),
                ("busbw.png", plot_busbw, (_load(results_dir / "results.parquet"),)),
-               ("ce-cnp.png", plot_ce_cnp, (queues, flows)),
+               ("ce-cnp.png", plot_ce_cnp, (queues, flows), dilation),
                ("capture-throughput.png", plot_capture_throughput,
                 (_load(results_dir / "analysis" / "throughput.parquet"),)))
     out_dir = results_dir / PLOTS_DIR
     out_dir.mkdir(exist_ok=True)
     written = []
-    for name, plot, frames in planned:
-        path = plot(*frames, out_dir / name)
+    for name, plot, frames, *dilated in planned:
+        path = plot(*frames, out_dir / name, *dilated)
         if path is None:
             (out_dir / name).unlink(missing_ok=True)
         else:
