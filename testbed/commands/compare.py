@@ -31,7 +31,7 @@ from testbed.commands.options import (
     add_observe_options,
     add_topology_options,
     algorithm_from,
-    dilation_from,
+    check_dilation,
     exit_status,
     fabric,
     observe_from,
@@ -102,7 +102,7 @@ def handle(args: argparse.Namespace, argv: list[str]) -> int:
     if not 1 <= args.repeat <= MAX_REPEATS:
         raise UsageError(f"--repeat {args.repeat} must be from 1 to {MAX_REPEATS}")
     observe = observe_from(args, topo)
-    dilation_from(args)  # checked here, resolved where the fabric runs
+    check_dilation(args, topo)  # resolved where the fabric runs
     out = results_dir(args, "compare")
     in_vm = rerun_in_microvm_if_needed(args, argv, out)
     if in_vm is not None:

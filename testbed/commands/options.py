@@ -19,7 +19,7 @@ from testbed.collective.schedules.model import Algorithm
 from testbed.model import dilation
 from testbed.model.fabric import LinkConfig
 from testbed.net import microvm
-from testbed.net.network import Testbed
+from testbed.net.network import Testbed, check_emulable
 from testbed.net.topo import FabricTopo
 from testbed.observe.capture import DEFAULT_MAX_MB, HEADERS_SNAPLEN, RING_FILES
 from testbed.observe.observing import Observe
@@ -115,6 +115,14 @@ def measured_budget(ranks: int) -> float:
     """The transport's packets/s per rank here, ``ranks`` at once (``testbed.roce.budget``), once per process."""
     with stage(f"calibrating: the transport's packet rate with {ranks} ranks at once"):
         return budget.measure(ranks)
+
+
+def check_dilation(args, topo: FabricTopo) -> None:
+    """``--dilation`` checked before anything starts: a number, at which the kernel can hold every link of
+    ``topo``; auto at real time here (what does not depend on k: buffers, thresholds) and again once
+    calibrated, still before anything is built."""
+    given = dilation_from(args)
+    check_emulable(topo, 1.0 if given is None else given)
 
 
 def dilation_from(args) -> float | None:

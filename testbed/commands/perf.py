@@ -14,7 +14,7 @@ from testbed.commands.options import (
     add_observe_options,
     add_topology_options,
     algorithm_from,
-    dilation_from,
+    check_dilation,
     exit_status,
     fabric,
     observe_from,
@@ -51,7 +51,7 @@ def handle(args: argparse.Namespace, argv: list[str]) -> int:
     options = nccl_tests.parse_args(args.collective, args.nccl, nranks=hosts)  # exits 2 with nccl-tests' usage
     algorithm = algorithm_from(args)
     observe = observe_from(args, topo)
-    dilation_from(args)  # checked here, resolved where the fabric runs
+    check_dilation(args, topo)  # resolved where the fabric runs
     out = results_dir(args, args.collective)
     in_vm = rerun_in_microvm_if_needed(args, argv, out)
     if in_vm is not None:

@@ -12,7 +12,7 @@ from testbed.commands.options import (
     UsageError,
     add_observe_options,
     add_topology_options,
-    dilation_from,
+    check_dilation,
     fabric,
     observe_from,
     rerun_in_microvm_if_needed,
@@ -59,7 +59,7 @@ def handle(args: argparse.Namespace, argv: list[str]) -> int:
     if args.seconds <= 0:
         raise UsageError(f"--seconds {args.seconds} must be > 0")
     args.observe = observe_from(args, topo)
-    dilation_from(args)  # checked here, resolved where the fabric runs
+    check_dilation(args, topo)  # resolved where the fabric runs
     hosts = len(topo.nodes_with(role="host"))
     args.sweep_options = nccl_tests.parse_args("all_reduce", args.sweep.split(), nranks=hosts) if args.sweep else None
     out = results_dir(args, Path(args.topology).stem)

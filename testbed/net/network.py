@@ -30,7 +30,15 @@ from testbed.net import cleanup
 from testbed.net.interrupts import InterruptGuard
 from testbed.net.link import ShapedIntf, ShapedLink, close_netlink, netlink
 from testbed.net.routing import compute_routes, fabric_graph, install_routes
+from testbed.net.tc import qdisc
 from testbed.net.topo import FabricTopo
+
+
+def check_emulable(topo: FabricTopo, dilation: float) -> None:
+    """Raise TopologyError, before anything is built, unless the kernel can hold every link of ``topo`` run
+    ``dilation`` times slower (``testbed.net.tc.qdisc.check_emulable``)."""
+    for a, b, info in topo.links(withInfo=True):
+        qdisc.check_emulable(info["config"], topo.fabric.mtu, f"link {a}-{b}", dilation)
 
 
 class _Building(Mininet):
@@ -65,6 +73,7 @@ class Testbed:
     def __init__(self, topo: FabricTopo, dilation: float = 1.0, log_level: str = "warning"):
         self.topo = topo
         self.dilation = check_dilation(dilation)
+        check_emulable(topo, self.dilation)
         self.graph = fabric_graph(topo)
         self.net: Mininet | None = None
         self._record = None

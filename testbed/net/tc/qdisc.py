@@ -18,9 +18,9 @@ decides the losses instead of independent draws (see ``simple_gilbert``).
 import math
 from dataclasses import dataclass
 
-from pyroute2.netlink.rtnl.tcmsg.common import tick_in_usec
+from pyroute2.netlink.rtnl.tcmsg.common import tick_in_usec, time2tick
 
-from testbed.model.fabric import LinkConfig
+from testbed.model.fabric import LinkConfig, TopologyError
 from testbed.model.units import frame_bytes
 from testbed.net.tc import netem, red
 
@@ -109,6 +109,34 @@ def red_params(config: LinkConfig) -> dict:
         "probability": config.ecn_pmax,
         "ecn": True,
     }
+
+
+def check_emulable(declared: LinkConfig, mtu: int, where: str, dilation: float = 1.0) -> None:
+    """Raise TopologyError naming ``where`` unless the kernel can hold the resolved link ``declared`` run
+    ``dilation`` times slower (``LinkConfig.dilated``), by the arithmetic of the encoders that write it: a
+    rate of at least one byte per second; netem's delay and jitter, and HTB's burst, in scheduler ticks within
+    their u32 fields (netem's delay tops out at 274.9 s); netem's packet limit and RED's byte thresholds
+    within theirs.  What is checked here never fails mid-build (a 400 Gbit/s DCI at 10,000 km once did, after
+    221 s of boot and build)."""
+    config = declared.dilated(dilation)
+    slower = f" x dilation {dilation:g}" if dilation != 1 else ""
+    rate = rate_bytes(config)
+    if rate < 1:
+        raise TopologyError(f"{where}: bw_mbps {declared.bw_mbps:.3g}{slower} is below one byte per second")
+    netem = netem_params(config)
+    for name in ("delay", "jitter"):
+        if time2tick(netem[name]) > U32_MAX:
+            raise TopologyError(f"{where}: {name}_ms {getattr(declared, name + '_ms'):g}{slower} is beyond "
+                                f"netem's {U32_MAX / tick_in_usec / 1e3:.0f} ms")
+    if netem["limit"] > U32_MAX:
+        raise TopologyError(f"{where}: netem's packet limit {netem['limit']} (the in-flight packets) exceeds u32")
+    burst = htb_class_params(config, mtu)["burst"]
+    if time2tick(1e6 * burst / rate) > U32_MAX:
+        raise TopologyError(f"{where}: HTB's burst of {burst} B lasts {burst / rate:.0f} s at {config.bw_mbps:.3g} "
+                            f"Mbit/s, beyond its {U32_MAX / tick_in_usec / 1e6:.0f} s")
+    for name in ("buffer_bytes", "ecn_kmin_bytes", "ecn_kmax_bytes"):
+        if (getattr(config, name) or 0) > U32_MAX:
+            raise TopologyError(f"{where}: {name} {getattr(config, name)} exceeds RED's u32 (4.29 GB)")
 
 
 def plan(config: LinkConfig, mtu: int) -> list[TcCall]:
