@@ -78,7 +78,7 @@ class VmRunner:
         self.reports_path = self.workdir / "reports.jsonl"
         args_file = self.workdir / "nodeids.txt"
         args_file.write_text("\n".join(item.nodeid for item in items) + "\n")
-        argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfE",
+        argv = [sys.executable, "-P", "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfE",
                 "--rootdir", str(config.rootpath), "--basetemp", str(self.workdir / "tmp"),
                 "--vm-reports", str(self.reports_path), f"@{args_file}"]
         self.started = time.monotonic()

@@ -13,7 +13,6 @@ element with the expected one.  The rank processes start once per sweep and serv
 
 import json
 import subprocess
-import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
@@ -21,6 +20,7 @@ from controllers.dcqcn import Dcqcn
 from testbed.collective import nccl_tests
 from testbed.collective.bounds import collective_bound, rank_sites
 from testbed.collective.schedules.model import Algorithm
+from testbed.net.processes import python_module
 from testbed.roce.queue_pair import line_rate_bps
 
 
@@ -36,7 +36,7 @@ class Ranks:
         self.procs = []
         try:
             for rank, host in enumerate(hosts):
-                proc = host.popen([sys.executable, "-m", "testbed.collective.rank"], stdin=subprocess.PIPE,
+                proc = host.popen(python_module("testbed.collective.rank"), stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                 self.procs.append(proc)
                 proc.stdin.write(json.dumps(dict(job, rank=rank)) + "\n")

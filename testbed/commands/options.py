@@ -20,6 +20,7 @@ from testbed.model import dilation
 from testbed.model.fabric import LinkConfig
 from testbed.net import microvm
 from testbed.net.network import Testbed, check_emulable
+from testbed.net.processes import python_module
 from testbed.net.topo import FabricTopo
 from testbed.observe.capture import DEFAULT_MAX_MB, HEADERS_SNAPLEN, RING_FILES
 from testbed.observe.observing import Observe
@@ -241,7 +242,7 @@ def rerun_in_microvm_if_needed(args, argv: list[str], out: Path, positional: str
         rest.remove(positional)
     topology = args.topology or DEFAULT_TOPOLOGY
     topology = str(script_path(topology).resolve()) if topology.endswith(".py") else topology
-    inner = [sys.executable, "-m", "testbed", *rest, "--topology", topology, "--out", str(out)]
+    inner = python_module("testbed", *rest, "--topology", topology, "--out", str(out))
     status = microvm.run(inner, rwdirs=[out], reason=reason)
     if (out / "params.json").exists():
         report.say_report(out)  # drawn here: see report.render

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from testbed.net import microvm
+from testbed.net.processes import python_module
 from testbed.results.console import console, say_path
 
 
@@ -48,8 +49,8 @@ def render(out_dir: Path) -> Path | None:
     (where numpy's AVX2 sorts also crashed pandas until ``microvm`` switched them off)."""
     if microvm.inside():
         return None
-    done = subprocess.run([sys.executable, "-X", "faulthandler", "-m", "testbed.results.html_report", str(out_dir)],
-                          capture_output=True, text=True)
+    command = python_module("testbed.results.html_report", str(out_dir), options=("-X", "faulthandler"))
+    done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         sys.stderr.write(done.stderr)  # with faulthandler, a crash's Python stack
         raise ReportError(f"the report of {out_dir} could not be drawn (exit status {done.returncode})")

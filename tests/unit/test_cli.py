@@ -108,3 +108,18 @@ def test_topology_script_runs_directly_with_the_same_validation():
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "distance_km -1.0 must be >= 0" in result.stderr
+
+
+def test_no_python_the_testbed_starts_imports_from_the_working_directory(tmp_path):
+    """A ``numpy.py`` planted where the testbed is started from is never imported by what it starts: the rank
+    processes and the report's drawing process (the microVM's inner run uses the same command line)."""
+    from testbed.net.processes import python_module
+
+    marker = tmp_path / "imported"
+    (tmp_path / "numpy.py").write_text(f"open({str(marker)!r}, 'w').close()\nraise SystemExit('planted')\n")
+    for module in ("testbed.collective.rank", "testbed.results.html_report"):
+        subprocess.run(python_module(module), cwd=tmp_path, stdin=subprocess.DEVNULL, capture_output=True, timeout=120)
+        assert not marker.exists(), module
+    subprocess.run([sys.executable, "-m", "testbed.collective.rank"], cwd=tmp_path, stdin=subprocess.DEVNULL,
+                   capture_output=True, timeout=120)
+    assert marker.exists()  # without -P the planted module is what runs: the test can tell
