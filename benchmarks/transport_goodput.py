@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""Benchmark (not a test): single-flow transport goodput per IB MTU, and pacing accuracy per set rate, natively.
+"""Benchmark (not a test): single-flow transport goodput per IB MTU and pacing accuracy per set rate, natively;
+the packet budget per rank natively and inside the microVM.
 
     sudo .venv/bin/python benchmarks/transport_goodput.py [--mtus 256 512 1024 2048 4096]
                                                           [--rates-mbps 10 50 100 200 500 1000 2000] [--seconds 2]
+                                                          [--budget-ranks 1 2 4] [--budget-seconds 3] [--no-vm]
 
 Two fresh network namespaces joined by a veth pair (IP MTU 9000, no delay, no qdisc) carry one queue pair.
 Its receiver runs in a forked child process and its sender in this one, each pinned to a core of its own,
@@ -11,9 +13,16 @@ as its CPU allows; each row reports the acknowledged payload rate, packets/s, re
 time each end spends per packet.  Pacing: the sender is paced at each set rate and the achieved IP rate is
 measured from the send timestamps, as the unit test does.  Prints both tables and what limits goodput, and
 writes the tables as CSV to the results directory.  The namespaces are removed whatever happens.
+
+Budget: ``testbed.roce.budget`` (what ``--dilation auto`` calibrates with) with 1, 2 and 4 ranks, natively and
+inside the microVM, booted for it (under TCG on this machine, ~1 min more; ``--no-vm`` skips it), so the
+packets/s per rank the transport reaches under emulation is tracked from run to run.  Both are printed in
+one table, with the VM's share of the native rate.  Absolute numbers move with the host's other load (a
+second VM halves them): compare the rows of one run, or runs on an idle machine.
 """
 
 import argparse
+import json
 import multiprocessing
 import os
 import resource
@@ -29,8 +38,10 @@ import pandas as pd
 from pyroute2 import IPRoute, NetlinkError, netns
 
 from controllers.fixed_rate import FixedRate
+from testbed.net import microvm
 from testbed.results.console import console
 from testbed.results.tables import frame_table
+from testbed.roce.budget import measure as measure_budget
 from testbed.roce.nic import Nic, entered
 from testbed.roce.receiver import Receiver
 from testbed.roce.rocev2 import IB_MTUS, data_capacity
@@ -52,6 +63,7 @@ PACING_MTU = 4096
 PACING_TOLERANCE = 0.05  # the issue's requirement: achieved rate within 5 % of the set rate
 GOAL_BPS = 1e9  # the issue's goal: at least 1 Gbit/s per flow natively
 BUSY_MACHINE_WAIT_PCT = 10  # an end waiting this long for a core measured the machine's other load, not itself
+BUDGET_MARKER = "transport_goodput budget:"  # the line the VM prints its measurements on, as JSON
 
 GOODPUT_COLUMNS = {"mtu": "MTU", "recovery": "mode", "goodput_gbps": "Gbit/s", "kpackets_per_s": "kpps",
                    "retransmitted_pct": "retx%", "tx_us_per_packet": "tx us", "rx_us_per_packet": "rx us",
@@ -364,6 +376,62 @@ def pacing_table(frame: pd.DataFrame):
     return frame_table(f"Pacing accuracy at IB MTU {PACING_MTU} (IP rate from send timestamps)", shown)
 
 
+def budgets(ranks: list[int], seconds: float) -> dict[int, float]:
+    """The packet budget (packets/s per rank) with each number of ranks, here."""
+    return {n: measure_budget(n, seconds) for n in ranks}
+
+
+def budgets_in_vm(ranks: list[int], seconds: float) -> dict[int, float] | None:
+    """The packet budget with each number of ranks inside the microVM, booted for it (its output shown as it
+    comes); None if it cannot boot or measure (the reason is printed)."""
+    argv = [sys.executable, str(Path(__file__).resolve()), "--budget-only", "--budget-ranks", *map(str, ranks),
+            "--budget-seconds", str(seconds)]
+    try:
+        console.print(f"budget: {microvm.describe('measuring the packet budget under emulation')}")
+        vm = microvm.start(argv, rwdirs=[], cwd=Path(__file__).resolve().parents[1])
+    except microvm.MicroVmError as error:
+        console.print(f"budget: no microVM ({error})")
+        return None
+    found = None
+    try:
+        for line in iter(vm.stdout.readline, b""):
+            text = line.decode(errors="replace").rstrip()
+            if text.startswith(BUDGET_MARKER):
+                found = {int(n): pps for n, pps in json.loads(text.removeprefix(BUDGET_MARKER)).items()}
+            elif text:
+                console.print(f"  vm: {text}", markup=False, highlight=False)
+        status = vm.wait()
+    finally:
+        microvm.stop(vm)
+    if found is None:
+        console.print(f"budget: the microVM exited with status {status} without measuring")
+    return found
+
+
+def budget_table(native: dict[int, float], vm: dict[int, float] | None) -> pd.DataFrame:
+    """One row per number of ranks: packets/s per rank natively, inside the microVM, and the VM's share."""
+    rows = []
+    for n, pps in native.items():
+        row = {"ranks": n, "native_pps": pps}
+        if vm is not None and n in vm:
+            row.update(vm_pps=vm[n], vm_pct=100 * vm[n] / pps)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def budget_frame_table(frame: pd.DataFrame):
+    """The budget rows, rounded, the microVM's accelerator in its column's name."""
+    vm = f"microVM {microvm.accel().upper()}"
+    native = vm + " (here)" if microvm.inside() else "native"
+    shown = frame.rename(columns={"native_pps": native, "vm_pps": vm, "vm_pct": "VM/native %"})
+    for column in (native, vm):
+        if column in shown:
+            shown[column] = shown[column].round().astype(int)
+    if "VM/native %" in shown:
+        shown["VM/native %"] = shown["VM/native %"].round(1)
+    return frame_table("Packet budget, packets/s per rank", shown)
+
+
 def run(args) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every row of both tables, in one pair of namespaces."""
     cpus = two_cpus()
@@ -390,12 +458,25 @@ def main() -> int:
                         help="pacing rates to check")
     parser.add_argument("--seconds", type=float, default=2.0, help="duration of each row")
     parser.add_argument("--out", type=Path, default=Path("results/benchmarks").resolve())
+    parser.add_argument("--budget-ranks", type=int, nargs="+", default=[1, 2, 4],
+                        help="numbers of ranks to measure the packet budget with")
+    parser.add_argument("--budget-seconds", type=float, default=3.0, help="duration of each budget measurement")
+    parser.add_argument("--no-vm", action="store_true", help="measure the budget natively only")
+    parser.add_argument("--budget-only", action="store_true", help=argparse.SUPPRESS)  # what runs in the VM
     args = parser.parse_args()
+    if args.budget_only:
+        print(BUDGET_MARKER + json.dumps(budgets(args.budget_ranks, args.budget_seconds)), flush=True)
+        return 0
     if os.geteuid() != 0:
         sys.exit("transport_goodput: must run as root (it creates network namespaces): use sudo")
-    started = time.monotonic()
+    started, affinity = time.monotonic(), os.sched_getaffinity(0)
     try:
         goodput, pacing = run(args)
+        os.sched_setaffinity(0, affinity)  # run pinned this process: the ranks and the VM need every core
+        native = budgets(args.budget_ranks, args.budget_seconds)
+        console.print("budget natively: " + ", ".join(f"{n} ranks {pps:.0f}" for n, pps in native.items()))
+        vm = None if args.no_vm or microvm.inside() else budgets_in_vm(args.budget_ranks, args.budget_seconds)
+        budget = budget_table(native, vm)
     except SetupError as error:
         sys.exit(f"transport_goodput: {error}")
     except KeyboardInterrupt:
@@ -406,9 +487,12 @@ def main() -> int:
                          "on a core, and runnable but waiting for one (other load); kpps: k packets/s sent")
     console.print(pacing_table(pacing))
     console.print(limits(goodput))
+    console.print(budget_frame_table(budget))
+    console.print("budget: testbed.roce.budget, the ranks in a ring over loopback as fast as their CPU allows, "
+                  "each sending and receiving; what --dilation auto calibrates with")
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    for name, frame in (("transport_goodput", goodput), ("transport_pacing", pacing)):
+    for name, frame in (("transport_goodput", goodput), ("transport_pacing", pacing), ("transport_budget", budget)):
         path = args.out / f"{name}-{stamp}.csv"
         frame.to_csv(path, index=False)
         console.print(f"written: {path}")

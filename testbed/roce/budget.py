@@ -1,16 +1,21 @@
 """The packet budget: how many packets per second the ranks' transport moves per rank on this host, with as many
 ranks at once as a run will have.
 
-``--dilation auto`` needs it (``testbed.model.dilation.auto``), and it must be measured, never assumed: it
-ranges from ~65,000 packets/s natively to ~2,000 per vCPU under TCG, and halves when another VM shares the
-host.  So each run measures it where it runs (natively, or inside the microVM), just before it builds.
+``--dilation auto`` needs it (``testbed.model.dilation.auto``), and it must be measured, never assumed: on
+this 2-core machine it ranges from ~65,000 packets/s per rank natively (one or two ranks) to 3,000-5,000
+under TCG with a vCPU per rank and 1,300-2,000 with two ranks per vCPU, and halves when another VM shares
+the host.  So each run measures it where it runs (natively, or inside the microVM), just before it builds.
+``benchmarks/transport_goodput.py`` tracks it with 1, 2 and 4 ranks, natively and in the microVM.
 
 How: ``ranks`` processes, each a rank on a loopback address of its own (127.0.1.i), send to the next one in
 a ring through the real transport (a ``Nic``, a ``Sender``, a ``Receiver``), as fast as their CPU allows,
-within a window of ``WINDOW_PACKETS`` so loopback never drops; after ``warmup_s`` each counts the packets
-its receiver accepted for ``seconds``.  The budget is the median rank's count per second: each rank then
-sent and received that many at once, as in a ring collective.  Loopback carries no router hops or qdiscs,
-so a fabric costs the host more per packet than this; ``auto`` keeps the busiest link at half the budget.
+within a window of ``WINDOW_PACKETS`` so loopback never drops (it did in the microVM, whose kernel capped
+the sockets' buffers below the window until the NIC forced them: half of what was sent there was
+retransmitted); after ``warmup_s`` each counts the packets its receiver accepted for ``seconds``, and
+answers with what its sender sent, retransmitted and timed out too (``serve_counting``).  The budget is the
+median rank's count per second: each rank then sent and received that many at once, as in a ring
+collective.  Loopback carries no router hops or qdiscs, so a fabric costs the host more per packet than
+this; ``auto`` keeps the busiest link at half the budget.
 
     python -m testbed.roce.budget --ranks 4          # prints the budget, as the run does
 """
@@ -83,6 +88,12 @@ def _answer(proc: subprocess.Popen) -> dict:
 
 def serve(rank: int, ranks: int, seconds: float, warmup_s: float) -> float:
     """One rank of the measurement: bind, say ready, wait for "go", send to the next rank and count what arrives."""
+    return serve_counting(rank, ranks, seconds, warmup_s)["packets_per_s"]
+
+
+def serve_counting(rank: int, ranks: int, seconds: float, warmup_s: float) -> dict:
+    """``serve``, answering with what the rank's sender did too: packets sent and retransmitted, timeouts and
+    NAKs (the budget counts accepted packets only, so recovery shows as a lower budget; these say why)."""
     config = TransportConfig()
     with Nic(address(rank)) as nic:
         peer = (address((rank + 1) % ranks), ROCEV2_UDP_PORT)
@@ -90,7 +101,7 @@ def serve(rank: int, ranks: int, seconds: float, warmup_s: float) -> float:
         receiver = Receiver(nic, RECEIVER_QPN, SENDER_QPN, config)
         print(json.dumps({"ready": rank}), flush=True)
         sys.stdin.readline()
-        message = bytes(MESSAGE_BYTES)
+        message = bytearray(MESSAGE_BYTES)  # mutable, so the sender copies it, as it copies a rank's numpy chunks
         counting_from = time.monotonic() + warmup_s
         first: tuple[float, int] | None = None
 
@@ -106,7 +117,9 @@ def serve(rank: int, ranks: int, seconds: float, warmup_s: float) -> float:
             return first is not None and now >= first[0] + seconds
 
         run([nic], done, warmup_s + seconds + START_TIMEOUT_S)
-        return (receiver.counters["packets"] - first[1]) / (time.monotonic() - first[0])
+        pps = (receiver.counters["packets"] - first[1]) / (time.monotonic() - first[0])
+        return {"packets_per_s": pps, **{name: sender.counters[name] for name in
+                                        ("packets_sent", "retransmitted_packets", "timeouts", "naks_received")}}
 
 
 def main() -> None:
@@ -119,7 +132,7 @@ def main() -> None:
     if args.rank is None:
         print(f"{measure(args.ranks, args.seconds, args.warmup):.0f} packets/s per rank, {args.ranks} ranks at once")
     else:
-        print(json.dumps({"packets_per_s": serve(args.rank, args.ranks, args.seconds, args.warmup)}), flush=True)
+        print(json.dumps(serve_counting(args.rank, args.ranks, args.seconds, args.warmup)), flush=True)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,8 @@ class Pacer:
         """Nanoseconds until the next packet may be sent (0: now) at the flow's current rate."""
         if self._start_ns is None:
             return 0
-        return max(0, math.ceil(self._start_ns + self._bits * 1e9 / rate_bps - now_ns))
+        delay = self._start_ns + self._bits * 1e9 / rate_bps - now_ns
+        return math.ceil(delay) if delay > 0 else 0
 
     def reset(self) -> None:
         """The flow had nothing to send: its next packet may leave at once, and no debt is kept."""
@@ -41,10 +42,11 @@ class Pacer:
 
     def on_send(self, now_ns: int, nbytes: int, rate_bps: float) -> None:
         """A packet of ``nbytes`` left at ``now_ns`` while the flow was paced at ``rate_bps``."""
-        if not (math.isfinite(rate_bps) and rate_bps > 0):
+        if not 0 < rate_bps < math.inf:  # what math.isfinite and > 0 said, without the call
             raise ValueError(f"rate_bps must be a positive finite number, got {rate_bps}")
         if self._start_ns is None:
             self._start_ns = now_ns
         else:
-            self._start_ns = max(self._start_ns + self._bits * 1e9 / rate_bps, now_ns - self.slack_ns)
+            start, floor = self._start_ns + self._bits * 1e9 / rate_bps, now_ns - self.slack_ns
+            self._start_ns = floor if floor > start else start  # max(start, floor), without the call
         self._bits = nbytes * 8

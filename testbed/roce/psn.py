@@ -14,7 +14,9 @@ HALF = PSN_MODULUS >> 1
 
 def add(psn: int, n: int) -> int:
     """The PSN ``n`` packets after ``psn`` (``n`` may be negative)."""
-    return (_checked(psn) + n) & PSN_MASK
+    if not 0 <= psn <= PSN_MASK:
+        _checked(psn)  # raises
+    return (psn + n) & PSN_MASK
 
 
 def next_psn(psn: int) -> int:
@@ -24,7 +26,10 @@ def next_psn(psn: int) -> int:
 
 def diff(a: int, b: int) -> int:
     """Signed distance from ``b`` to ``a`` (``a - b`` across the wrap), in [-2**23, 2**23)."""
-    return ((_checked(a) - _checked(b) + HALF) & PSN_MASK) - HALF
+    if not (0 <= a <= PSN_MASK and 0 <= b <= PSN_MASK):  # checked inline: the calls cost more than the sum
+        _checked(a)
+        _checked(b)
+    return ((a - b + HALF) & PSN_MASK) - HALF
 
 
 def before(a: int, b: int) -> bool:
