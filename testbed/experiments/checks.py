@@ -108,18 +108,20 @@ def measure_rtts(tb: Testbed) -> list[RttCheck]:
 
 
 def measure_dci_rate(tb: Testbed, dci_name: str, seconds: float = 5.0) -> RateCheck:
-    """UDP goodput from the first host of one end site to the first host of the other."""
+    """UDP goodput from the first host of one end site to the first host of the other, steady (the median of
+    the receiver's full intervals), over ``seconds`` of wall time beyond one round trip of the path."""
     dci = next(d for d in tb.topo.fabric.dci_links if d.name == dci_name)
     src, dst = tb.hosts(dci.a)[0], tb.hosts(dci.b)[0]
     path = nx.dijkstra_path(tb.graph, src.name, dst.name)
     bottleneck = min(tb.topo.linkInfo(a, b)["config"].bw_mbps for a, b in zip(path, path[1:]))
     mtu = tb.topo.fabric.mtu
     payload = mtu - IPV4_HEADER_BYTES - UDP_HEADER_BYTES
-    received = iperf_udp(src, dst, OFFERED_LOAD * bottleneck, seconds, payload, dilation=tb.dilation,
+    round_trip_s = 2 * path_delay_ms(tb.graph, src.name, dst.name) * tb.dilation / 1e3  # wall time
+    received = iperf_udp(src, dst, OFFERED_LOAD * bottleneck, seconds + round_trip_s, payload, dilation=tb.dilation,
                          timeout_s=30 + 10 * reply_timeout_s(tb))
     return RateCheck(dci_name, src.name, dst.name, bottleneck,
                      round(bottleneck * payload / frame_bytes(mtu), 3),
-                     round(received["bits_per_second"] / 1e6, 3), round(received["lost_percent"], 3),
+                     round(received["steady_bps"] / 1e6, 3), round(received["lost_percent"], 3),
                      received["out_of_order"])
 
 

@@ -8,8 +8,10 @@ from TWAMP and capacity tests between its routers:
 - ``host_rtt_ms``: the same from a GPU host of one site to one of the other (what a flow's packets see:
   the DCI plus both sites' fabrics);
 - ``bottleneck_mbps``: the rate a UDP stream offered above the source host's line rate arrives at (the
-  narrowest link of the path, in wire bits: the receiver's goodput times frame / payload).  The probe fills
-  the bottleneck's queue for a moment, like any capacity test, and waits for it to drain.
+  narrowest link of the path, in wire bits: the receiver's steady goodput times frame / payload).  The probe
+  fills the bottleneck's queue for a moment, like any capacity test, and waits for it to drain.  It lasts
+  ``RATE_PROBE_S`` or four wall-time round trips and two seconds, whichever is longer, so the receiver sees
+  full intervals of it on a long dilated path (``testbed.experiments.probes.iperf_udp``).
 
 Which DCI links a site pair's traffic crosses comes from the routed path (the controller knows its routes).
 On a dilated fabric every figure is declared (the probes convert, ``testbed.experiments.probes``).
@@ -63,9 +65,10 @@ def probe_site_pair(tb, src_site: str, dst_site: str) -> SitePath:
     mtu = tb.topo.fabric.mtu
     payload = mtu - IPV4_HEADER_BYTES - UDP_HEADER_BYTES
     line_mbps = src_host.defaultIntf().shape.bw_mbps
-    received = iperf_udp(src_host, dst_host, RATE_PROBE_LOAD * line_mbps, RATE_PROBE_S, payload, dilation=tb.dilation,
+    seconds = max(RATE_PROBE_S, 2 + 4 * host_rtt * tb.dilation / 1e3)
+    received = iperf_udp(src_host, dst_host, RATE_PROBE_LOAD * line_mbps, seconds, payload, dilation=tb.dilation,
                          timeout_s=30 + 10 * reply_timeout_s(tb))
-    bottleneck = received["bits_per_second"] * frame_bytes(mtu) / payload / 1e6
+    bottleneck = received["steady_bps"] * frame_bytes(mtu) / payload / 1e6
     wait_drained(tb.egress(a, b) for a, b in hops)  # the probe's backlog must not meet the next one
     return SitePath(src_site, dst_site, border_rtt, host_rtt, round(bottleneck, 3), hops)
 
