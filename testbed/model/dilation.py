@@ -62,7 +62,11 @@ def auto(budget_pps: float, busiest_pps: float, share: float = AUTO_SHARE) -> fl
     for name, value in (("budget_pps", budget_pps), ("busiest_pps", busiest_pps), ("share", share)):
         if not (math.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be a positive finite number, got {value}")
-    needed = busiest_pps / (share * budget_pps)
+    return rounded_up(busiest_pps / (share * budget_pps))
+
+
+def rounded_up(needed: float) -> float:
+    """The smallest k of the E6 series (and at least 1) that is at least ``needed``."""
     if needed <= 1:
         return 1.0
     decade = 10 ** math.floor(math.log10(needed))

@@ -268,8 +268,9 @@ class Nic:
             end.on_packet(packet, tos, peer, clock())
 
 
-def run(nics: Iterable[Nic], predicate: Callable[[], bool], timeout_s: float) -> bool:
-    """Serve ``nics`` in this thread until ``predicate()`` holds (True) or ``timeout_s`` passes (False).
+def run(nics: Iterable[Nic], predicate: Callable[[], bool], timeout_s: float, max_wait_ns: int = MAX_WAIT_NS) -> bool:
+    """Serve ``nics`` in this thread until ``predicate()`` holds (True) or ``timeout_s`` passes (False),
+    checking the predicate at least every ``max_wait_ns`` even when no packet or timer wakes the loop.
 
     Each wake-up the loop asked for and got late (nothing arrived meanwhile) is recorded in every NIC's
     ``lateness``: how long the process waited for a CPU beyond its timer, the emulator's own delay."""
@@ -302,7 +303,7 @@ def run(nics: Iterable[Nic], predicate: Callable[[], bool], timeout_s: float) ->
             now = clock()
             if now >= deadline:
                 return False
-            wake = min(deadline, now + MAX_WAIT_NS)
+            wake = min(deadline, now + max_wait_ns)
             for nic in nics:
                 due = nic._next_wakeup_ns(now)
                 if due < wake:

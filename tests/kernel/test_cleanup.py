@@ -15,8 +15,10 @@ from testbed.net import cleanup
 
 pytestmark = pytest.mark.kernel
 
-# real time: what these tests check is what is left behind, and calibrating --dilation auto would only add a minute
-SMALL = ["leaf_spine", "--sites", "2", "--hosts", "1", "--leaves", "1", "--spines", "1", "--dilation", "1"]
+# what these tests check is what is left behind: a fixed k (calibrating --dilation auto would add a minute) that
+# keeps the run's rate check off the CPU's limit (at real time a loaded TCG host measured the 50 Mbit/s DCI at
+# -19 %: the completed run then exits 1 for the emulator, not for what it left)
+SMALL = ["leaf_spine", "--sites", "2", "--hosts", "1", "--leaves", "1", "--spines", "1", "--dilation", "10"]
 
 
 def system_state() -> dict:

@@ -1,13 +1,14 @@
 """The comparison end to end on a small dilated scenario: discovery, both modes' sweeps exact and faithful, the
 adaptive mode's DCI queue held near its target, every table and file written.
 
-The scenario is the dilated kernel tests' (``dilated.SCENARIO``: 1 Gbit/s NICs into a 500 Mbit/s DCI at
-100 km), at the k ``--dilation auto`` picks here: the network, not the emulated CPU, decides both modes (before
-dilation, under a loaded TCG host, the ranks were CPU-starved and the test failed on speed, not behaviour).
+The scenario is the dilated kernel tests' (``dilated.SCENARIO``: 500 Mbit/s NICs into a 250 Mbit/s DCI at
+1000 km), at the k a short run says is faithful here (``dilated.faithful_dilation``): the network, not the
+emulated CPU, decides both modes (before dilation, under a loaded TCG host, the ranks were CPU-starved and
+the test failed on speed, not behaviour).
 """
 
 import pytest
-from dilated import SCENARIO, auto_dilation
+from dilated import SCENARIO, TELEMETRY_S, faithful_dilation
 
 from testbed.collective import nccl_tests
 from testbed.collective.schedules.builder import flows
@@ -23,10 +24,13 @@ pytestmark = pytest.mark.kernel
 
 def test_baseline_and_adaptive_run_end_to_end_with_exact_results(tmp_path):
     options = nccl_tests.parse_args("all_reduce", ["-b", "1M", "-e", "1M", "-n", "2", "-w", "0"], nranks=4)
-    k = auto_dilation()
-    with Testbed(load_topology("two_sites")(**SCENARIO), k) as tb, Telemetry(tb) as telemetry:
-        comparison = compare(tb, options, ["baseline", "adaptive"], telemetry=telemetry)
-        plan = FabricController(tb, comparison.paths, "adaptive").plan(tb.hosts(), flows("all_reduce", 4, Algorithm()))
+    with Testbed(load_topology("two_sites")(**SCENARIO)) as tb:
+        k = faithful_dilation(tb, SCENARIO)
+        tb.set_dilation(k)
+        with Telemetry(tb, TELEMETRY_S) as telemetry:
+            comparison = compare(tb, options, ["baseline", "adaptive"], telemetry=telemetry)
+            plan = FabricController(tb, comparison.paths, "adaptive").plan(tb.hosts(),
+                                                                           flows("all_reduce", 4, Algorithm()))
     baseline, adaptive = comparison.runs
     assert [r.wrong_elements for run in comparison.runs for r in run.results] == [0, 0]
     assert [run.fidelity.text for run in comparison.runs] == ["faithful", "faithful"], k

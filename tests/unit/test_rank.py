@@ -5,7 +5,11 @@ import subprocess
 
 import pytest
 
+from controllers.dcqcn import Dcqcn
+from testbed.collective.rank import RankLinks
 from testbed.collective.runner import RankError, Ranks
+from testbed.roce.nic import Nic
+from testbed.roce.transport import TransportConfig
 
 
 class LoopbackHost:
@@ -64,3 +68,11 @@ def test_a_rank_that_fails_is_reported_with_its_last_words():
     failed = r"rank (0 on h0|1 on h1) failed: .*no-such-op"
     with loopback_ranks(2, subnet=2) as ranks, pytest.raises(RankError, match=failed):
         ranks.run(command("all_reduce", 10, op="no-such-op"))
+
+
+@pytest.mark.parametrize(("dilation", "wait_ms"), [(1.0, 5.0), (7.0, 35.0), (20.0, 100.0), (15000.0, 100.0)])
+def test_a_dilated_rank_wakes_for_its_predicate_k_times_less_often_up_to_a_tenth_of_a_second(dilation, wait_ms):
+    with Nic("127.0.3.1") as nic:
+        links = RankLinks(nic, 0, ["127.0.3.1", "127.0.3.2"], Dcqcn.spec(line_rate_bps=1e9), TransportConfig(),
+                          dilation=dilation)
+        assert links.max_wait_ns == pytest.approx(wait_ms * 1e6)
