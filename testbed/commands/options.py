@@ -88,7 +88,7 @@ def topology_params(args, topo_cls: type[FabricTopo]) -> dict:
 
 def resolve_dilation(args, topo: FabricTopo, rate_scale: float = 1.0) -> float:
     """The run's k: ``--dilation`` as given (times ``rate_scale``, for a fabric whose rates were scaled so, at
-    least 1), or for auto the k at which the busiest link needs at most half the packets/s the transport
+    least 1), or for auto the k at which the busiest link needs at most 30 % of the packets/s the transport
     sustains here with as many ranks as will run (measured once, where the fabric runs: natively or inside
     the microVM).  Says which and why in one line."""
     given = dilation_from(args)

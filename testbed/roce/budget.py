@@ -15,7 +15,7 @@ retransmitted); after ``warmup_s`` each counts the packets its receiver accepted
 answers with what its sender sent, retransmitted and timed out too (``serve_counting``).  The budget is the
 median rank's count per second: each rank then sent and received that many at once, as in a ring
 collective.  Loopback carries no router hops or qdiscs, so a fabric costs the host more per packet than
-this; ``auto`` keeps the busiest link at half the budget.
+this; ``auto`` keeps the busiest link at 30 % of the budget (``dilation.AUTO_SHARE``).
 
     python -m testbed.roce.budget --ranks 4          # prints the budget, as the run does
 """
