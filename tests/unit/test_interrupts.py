@@ -34,8 +34,11 @@ CTRL_C_DURING_A_FORK = """
 
 
 def python(script: str, *args: str) -> subprocess.CompletedProcess:
+    """``script`` in a fresh interpreter that handles Ctrl-C as a terminal's would: a test session started in
+    the background of a non-interactive shell (``cmd &``) inherits SIGINT ignored, and Python then installs no
+    handler for it, so without the reset these tests failed there and nowhere else."""
     return subprocess.run([sys.executable, "-c", textwrap.dedent(script), *args], capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=60, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def test_a_ctrl_c_python_dropped_in_an_at_fork_hook_still_interrupts_the_run():
