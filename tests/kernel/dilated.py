@@ -29,8 +29,10 @@ SCENARIO = {"hosts": 2, "leaves": 1, "spines": 1, "distance_km": 1000, "host_bw_
 UNCONGESTED = dict(SCENARIO, host_bw_mbps=200)
 PROBE = ["-b", "1M", "-e", "1M", "-n", "1", "-w", "0"]
 # the spread of a rank's CPU demand and event-loop lateness p99 between runs at one k here (0.28-0.55 and
-# 5.8-9.7 ms at k 22), and what a comparison's latency loop and controller add to a plain sweep's load
-MARGIN = 2.0
+# 5.8-9.7 ms at k 22), what a comparison's latency loop and controller add to a plain sweep's load, and what
+# the verdicts' bounds do not see: on UNCONGESTED, k 47 against 94 agreed within 6.7 %, k 33 against 66
+# (both faithful, margin 2) differed by 17-20 %: the ranks' per-step CPU time, divided by k, still showed
+MARGIN = 3.0
 # the telemetry's interval in these tests, wall time: at the default 10 ms the sampler took 27 % of a vCPU
 # under TCG (a sample 4.5 ms at p50, 28 ms at p99) and, with four busy ranks on two vCPUs, achieved 17-22 ms,
 # past its own fidelity bound; these tests look at the network, not at the finest sampling
