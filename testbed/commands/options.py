@@ -96,9 +96,7 @@ def resolve_dilation(args, topo: FabricTopo, rate_scale: float = 1.0) -> float:
         return max(1.0, given * rate_scale)
     ranks = len(topo.nodes_with(role="host"))
     budget_pps = measured_budget(ranks)
-    frame = data_frame_bytes()
-    (a, b), mbps = max(((a, b), info["config"].bw_mbps) for a, b, info in topo.links(withInfo=True))
-    needed_pps = mbps * 1e6 / 8 / frame
+    (a, b), mbps, needed_pps = budget.busiest_link(topo)
     try:
         k = dilation.auto(budget_pps, needed_pps)
     except ValueError:
@@ -106,7 +104,7 @@ def resolve_dilation(args, topo: FabricTopo, rate_scale: float = 1.0) -> float:
                          f"more than {dilation.MAX_DILATION:g} x this host's {budget_pps:,.0f}: "
                          "give a smaller rate") from None
     say(f"# dilation auto: {budget_pps:,.0f} packets/s per rank here ({ranks} ranks at once); the busiest link, "
-        f"{a}-{b} at {mbps:g} Mbit/s, needs {needed_pps:,.0f}/s of {frame} B frames; k {k:g} keeps it at "
+        f"{a}-{b} at {mbps:g} Mbit/s, needs {needed_pps:,.0f}/s of {data_frame_bytes()} B frames; k {k:g} keeps it at "
         f"{needed_pps / k / budget_pps:.0%} of the budget")
     return k
 

@@ -30,7 +30,7 @@ import time
 from controllers.base import CongestionControl
 from testbed.roce.nic import Nic, run
 from testbed.roce.receiver import Receiver
-from testbed.roce.rocev2 import ROCEV2_UDP_PORT
+from testbed.roce.rocev2 import ROCEV2_UDP_PORT, data_frame_bytes
 from testbed.roce.sender import Sender
 from testbed.roce.transport import TransportConfig
 
@@ -53,6 +53,14 @@ class _Flood(CongestionControl):
     @property
     def cwnd_bytes(self) -> int:
         return self._window
+
+
+def busiest_link(topo) -> tuple[tuple[str, str], float, float]:
+    """The link of ``topo`` (a ``FabricTopo``) with the highest declared rate: its ends, its Mbit/s and the
+    full data frames per second it carries at that rate, what ``--dilation auto`` holds against the budget."""
+    (a, b), mbps = max((((a, b), info["config"].bw_mbps) for a, b, info in topo.links(withInfo=True)),
+                       key=lambda link: link[1])
+    return (a, b), mbps, mbps * 1e6 / 8 / data_frame_bytes()
 
 
 def address(rank: int) -> str:

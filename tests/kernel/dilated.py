@@ -21,8 +21,7 @@ from testbed.collective import nccl_tests
 from testbed.experiments.invariance import measure_at
 from testbed.model import dilation
 from testbed.observe import fidelity
-from testbed.roce.budget import measure as measure_budget
-from testbed.roce.rocev2 import data_frame_bytes
+from testbed.roce import budget
 
 SCENARIO = {"hosts": 2, "leaves": 1, "spines": 1, "distance_km": 1000, "host_bw_mbps": 500, "dci_bw_mbps": 250,
             "buffer_bytes": 4_000_000}
@@ -39,13 +38,12 @@ MARGIN = 3.0
 TELEMETRY_S = 0.02
 
 
-def auto_dilation(scenario: dict) -> float:
-    """The k auto picks for ``scenario`` on this host (its four ranks, its busiest link): the packet budget's."""
-    busiest_mbps = max(scenario["host_bw_mbps"], scenario["dci_bw_mbps"])
-    return dilation.auto(measure_budget(4), busiest_mbps * 1e6 / 8 / data_frame_bytes())
+def auto_dilation(tb) -> float:
+    """The k auto picks for ``tb`` on this host (a rank per host, its busiest link): the packet budget's."""
+    return dilation.auto(budget.measure(len(tb.hosts())), budget.busiest_link(tb.topo)[2])
 
 
-def faithful_dilation(tb, scenario: dict) -> float:
+def faithful_dilation(tb) -> float:
     """The k to measure at: auto's, raised until a short all_reduce measured at auto's k keeps the ranks' CPU
     demand and their event loop's lateness within their fidelity bounds (``testbed.observe.fidelity``) with
     MARGIN to spare.  On the E6 series, as auto's k.
@@ -53,8 +51,8 @@ def faithful_dilation(tb, scenario: dict) -> float:
     Auto sizes k for the packet rate only; the event loop's lateness is wall time that other processes'
     turns on the two vCPUs cost whatever the k, so the k that keeps it under a tenth of the base RTT is
     found by measuring it, as a user reading the verdict line (``k >= ... would be needed``) would."""
-    k = auto_dilation(scenario)
-    options = nccl_tests.parse_args("all_reduce", PROBE, nranks=4)
+    k = auto_dilation(tb)
+    options = nccl_tests.parse_args("all_reduce", PROBE, nranks=len(tb.hosts()))
     values = measure_at(tb, k, options, interval_s=TELEMETRY_S).verdict.values
     load = max(values["loop_late"] / fidelity.MAX_LATE_RTT, values["rank_cpu"] / fidelity.MAX_RANK_CPU)
     return dilation.rounded_up(max(k, k * load * MARGIN))

@@ -315,6 +315,26 @@ def test_cross_check_agrees_and_reports_a_disagreement(tmp_path):
     assert queue["ok"] and queue["run"] == marks.count(CE) and queue["capture"] == marks.count(CE)
 
 
+def test_cross_check_compares_the_receiver_until_its_last_sample(tmp_path):
+    """Spurious retransmissions still queued when the collective completed reach the tap (and the receiver,
+    which marks and answers them) after the receiver's final sample: the sender counted them, the receiver's
+    telemetry did not."""
+    early = [(T0_NS + i * 10**6, data(WEST, EAST, 9, i, T0_NS, ecn=CE)) for i in range(3)]
+    late = [(T0_NS + 2 * 10**9 + i * 10**6, data(WEST, EAST, 9, i, T0_NS, ecn=CE)) for i in range(2)]  # repeats
+    cnps = [(T0_NS + 2 * 10**9 + 5 * 10**6, control("cnp", EAST, WEST, 4))]
+    analysis = analyze(results(tmp_path, early + late + cnps, meta([{"src": WEST, "dst": EAST, "sqpn": 4,
+                                                                      "dqpn": 9}])))
+    frames = [f for _, f in early + late]
+    sent = {"packets_sent": 5, "ip_bytes_sent": sum(map(ip_bytes, frames)), "retransmitted_packets": 2}
+    received = {"ce_marked": 3, "cnps_sent": 0, "naks_sent": 0}  # the final samples at 1.0 s
+    check = cross_check(analysis, telemetry_flows(sent, received), None)
+    assert check["ok"].all(), check.to_string()
+    ce = only_row(check, quantity="ce_packets")
+    assert ce["capture"] == 3 and "2 more captured after the receiver's last sample" in ce["note"]
+    assert only_row(check, quantity="cnps")["capture"] == 0 and only_row(check, quantity="data_packets")["run"] == 5
+    assert not cross_check(analysis, telemetry_flows(sent, dict(received, ce_marked=5)), None)["ok"].all()
+
+
 def test_cross_check_without_telemetry_for_a_flow_and_without_any(tmp_path):
     analysis = analyze(results(tmp_path, [(T0_NS, data(WEST, EAST, 9, 0, T0_NS))]))
     others = telemetry_flows({"packets_sent": 1, "ip_bytes_sent": 1, "retransmitted_packets": 0},

@@ -17,7 +17,10 @@ from controllers.fixed_rate import FixedRate
 from controllers.swift import Swift, SwiftParams
 from testbed.model import dilation
 from testbed.model.fabric import LinkConfig
+from testbed.roce import budget
+from testbed.roce.rocev2 import data_frame_bytes
 from testbed.roce.transport import TIME_FIELDS, TransportConfig
+from testbed.topologies import load_topology
 
 K = 2000.0
 LINK = LinkConfig(bw_mbps=400_000, delay_ms=0.05, jitter_ms=0.01, loss_pct=0.5, loss_burst_pkts=3, reorder_pct=1,
@@ -73,6 +76,15 @@ def test_dilation_is_a_number_from_one_up(k, ok):
 def test_the_header_says_k_and_that_figures_are_declared():
     assert dilation.header(2000) == "# dilation 2000: emulated 2000x slower; every figure in declared time"
     assert dilation.header(1) == "# dilation 1: real time"
+
+
+@pytest.mark.parametrize("host_bw_mbps, dci_bw_mbps, busiest", [(500, 250, 500), (100, 800, 800)])
+def test_auto_sizes_k_for_the_link_with_the_highest_rate(host_bw_mbps, dci_bw_mbps, busiest):
+    """By rate, whatever the links' names (a max over (name, rate) pairs once picked the last name)."""
+    topo = load_topology("two_sites")(host_bw_mbps=host_bw_mbps, dci_bw_mbps=dci_bw_mbps)
+    link, mbps, pps = budget.busiest_link(topo)
+    assert mbps == busiest and topo.linkInfo(*link)["config"].bw_mbps == busiest
+    assert pps == pytest.approx(busiest * 1e6 / 8 / data_frame_bytes())
 
 
 @pytest.mark.parametrize("budget, busiest, k", [
