@@ -23,32 +23,51 @@ def add_parser(commands) -> None:
     parser.add_argument("results_dir", type=Path, metavar="RESULTS_DIR")
     parser.add_argument("--bin-ms", type=float, default=100.0,
                         help="time bin of the throughput and event series (default 100)")
+    parser.add_argument("--allow-truncated", action="store_true",
+                        help="analyse a capture whose last records were cut off mid-write (default: refuse)")
     parser.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace, argv: list[str]) -> int:
     if not args.bin_ms > 0:
         raise UsageError(f"--bin-ms {args.bin_ms:g} must be > 0")
-    if not args.results_dir.is_dir():
+    if not args.results_dir.exists():
         raise UsageError(f"results directory {args.results_dir} does not exist")
+    if not args.results_dir.is_dir():
+        raise UsageError(f"results directory {args.results_dir} is a file, not a directory")
     try:
         with stage("reading the captures"):
             result = analyze(args.results_dir, bin_s=args.bin_ms / 1e3)
+        say(result.reading.line())
+        if result.reading.truncated and not args.allow_truncated:
+            raise UsageError("the capture was cut off mid-write, so its last packets are missing; "
+                             "--allow-truncated analyses the rest")
+        telemetry = {name: _parquet_or_none(args.results_dir / "telemetry" / f"{name}.parquet")
+                     for name in ("flows", "queues")}
+        check = cross_check(result, telemetry["flows"], telemetry["queues"])
+        save(result, check, args.results_dir / "analysis")
     except AnalysisError as error:
         raise UsageError(str(error)) from None
-    telemetry = {name: _parquet_or_none(args.results_dir / "telemetry" / f"{name}.parquet")
-                 for name in ("flows", "queues")}
-    check = cross_check(result, telemetry["flows"], telemetry["queues"])
-    save(result, check, args.results_dir / "analysis")
     console.print(frame_table("flows in the capture", _capture_summary(result.flows)))
-    lines = disagreements(check)
-    for line in lines:
+    say(_verdict(check, result, telemetry["flows"] is not None))
+    for line in disagreements(check):
         say(line)
-    console.print(f"{len(lines)} of {len(check)} cross-checks of the capture against the run's telemetry "
-                  "disagree" if lines else f"the capture agrees with the run's telemetry ({len(check)} checks)")
     say_path("analysis", args.results_dir.resolve() / "analysis")
     report.say_report(args.results_dir.resolve())
     return 0
+
+
+def _verdict(check: pd.DataFrame, result, has_telemetry: bool) -> str:
+    """The cross-check in one line; with nothing compared it says why, never that the two agree."""
+    if check.empty:
+        why = ("the capture holds no RoCE packets" if result.packets.empty
+               else "the run left no telemetry (RESULTS_DIR/telemetry)" if not has_telemetry
+               else "no captured flow or queue has telemetry to compare with")
+        return f"nothing to compare with the run's telemetry: {why}"
+    bad = int((~check["ok"]).sum())
+    if bad:
+        return f"{bad} of {len(check)} cross-checks of the capture against the run's telemetry disagree"
+    return f"the capture agrees with the run's telemetry ({len(check)} checks)"
 
 
 def _parquet_or_none(path: Path) -> pd.DataFrame | None:

@@ -12,12 +12,14 @@ The work is split by concern: ``testbed.results.pcap`` reads and decodes the cap
 (``analyze``) and writes the frames (``save``).
 """
 
+import os
+import tempfile
 from pathlib import Path
 
 import pandas as pd
 
 from testbed.results.capture_flows import CaptureAnalysis, event_table, flow_table, sequenced, throughput_table
-from testbed.results.pcap import load_meta, read_packets
+from testbed.results.pcap import AnalysisError, load_meta, read_packets
 
 
 def analyze(results_dir: Path, bin_s: float = 0.1) -> CaptureAnalysis:
@@ -26,21 +28,38 @@ def analyze(results_dir: Path, bin_s: float = 0.1) -> CaptureAnalysis:
         raise ValueError(f"bin_s must be > 0, got {bin_s}")
     capture_dir = Path(results_dir) / "capture"
     meta = load_meta(capture_dir)
-    packets = sequenced(read_packets(capture_dir, meta))
+    decoded, reading = read_packets(capture_dir, meta)
+    packets = sequenced(decoded)
     return CaptureAnalysis(packets, flow_table(packets, meta), throughput_table(packets, bin_s),
-                           event_table(packets, bin_s), meta)
+                           event_table(packets, bin_s), meta, reading)
 
 
 def save(analysis: CaptureAnalysis, check: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """The frames under ``out_dir`` (RESULTS_DIR/analysis): small ones as CSV, long ones as Parquet."""
+    """The frames under ``out_dir`` (RESULTS_DIR/analysis): small ones as CSV, long ones as Parquet.
+
+    A results directory is often copied around and may hold what someone else put there: ``out_dir`` must
+    not be a symlink (AnalysisError), and each file is written to a fresh temporary name (created
+    exclusively, never through a link) and renamed over its name, which replaces a planted link instead of
+    writing where it points."""
     out_dir = Path(out_dir)
+    if out_dir.is_symlink():
+        raise AnalysisError(f"refusing to write through the symlink {out_dir}")
     out_dir.mkdir(parents=True, exist_ok=True)
+    frames = (("flows.csv", analysis.flows), ("crosscheck.csv", check), ("throughput.parquet", analysis.throughput),
+              ("events.parquet", analysis.events), ("packets.parquet", analysis.packets))
     written = []
-    for name, frame in (("flows.csv", analysis.flows), ("crosscheck.csv", check)):
-        frame.to_csv(out_dir / name, index=False)
-        written.append(out_dir / name)
-    for name, frame in (("throughput.parquet", analysis.throughput), ("events.parquet", analysis.events),
-                        ("packets.parquet", analysis.packets)):
-        frame.to_parquet(out_dir / name, index=False)
+    for name, frame in frames:
+        fd, temporary = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.")
+        try:
+            with os.fdopen(fd, "wb") as stream:
+                if name.endswith(".csv"):
+                    frame.to_csv(stream, index=False)
+                else:
+                    frame.to_parquet(stream, index=False)
+            os.chmod(temporary, 0o644)
+            os.replace(temporary, out_dir / name)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
         written.append(out_dir / name)
     return written

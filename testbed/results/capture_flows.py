@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from testbed.results.pcap import DECODED_COLUMNS
+from testbed.results.pcap import DECODED_COLUMNS, Reading
 from testbed.roce import psn
 from testbed.roce.rocev2 import CE
 
@@ -54,13 +54,15 @@ UNATTRIBUTED = -1  # dqpn of a control packet no data flow claims, while groupin
 @dataclass
 class CaptureAnalysis:
     """A run's captures as frames and the ``capture.json`` they came from: ``packets`` as ``PACKET_COLUMNS``,
-    ``flows``, ``throughput`` and ``events`` as ``FLOW_COLUMNS``, ``THROUGHPUT_COLUMNS`` and ``EVENT_COLUMNS``."""
+    ``flows``, ``throughput`` and ``events`` as ``FLOW_COLUMNS``, ``THROUGHPUT_COLUMNS`` and ``EVENT_COLUMNS``;
+    ``reading``: what reading the pcaps met (records ignored or cut off)."""
 
     packets: pd.DataFrame
     flows: pd.DataFrame
     throughput: pd.DataFrame
     events: pd.DataFrame
     meta: dict
+    reading: Reading
 
 
 def sequenced(packets: pd.DataFrame) -> pd.DataFrame:

@@ -38,15 +38,18 @@ Clocks
 """
 
 import json
+import os
 import re
 import socket
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 from scapy.contrib.roce import CNP_OPCODE
+from scapy.data import MTU
 from scapy.error import Scapy_Exception
 from scapy.utils import RawPcapNgReader, RawPcapReader
 
@@ -102,17 +105,35 @@ def load_meta(capture_dir: Path) -> dict:
     return meta
 
 
-def read_packets(capture_dir: Path, meta: dict) -> pd.DataFrame:
+@dataclass
+class Reading:
+    """What reading the pcaps met: ``records`` in all, ``roce`` of them decoded, ``other`` ignored (not a
+    packet this testbed sends), and ``truncated``: pcap files whose last record was cut (``cut_files``,
+    a capture stopped mid-write), so the analysis may lack their last packets."""
+
+    records: int = 0
+    roce: int = 0
+    other: int = 0
+    truncated: int = 0
+    cut_files: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        """One line for the terminal."""
+        cut = f"; {self.truncated} cut off at the end of {', '.join(self.cut_files)}" if self.truncated else ""
+        return f"read {self.records} records: {self.roce} RoCE, {self.other} other (ignored){cut}"
+
+
+def read_packets(capture_dir: Path, meta: dict) -> tuple[pd.DataFrame, Reading]:
     """Every RoCE packet of every listed interface's pcaps, decoded and timed (see module docstring), as
-    ``DECODED_COLUMNS``."""
-    rows = []
+    ``DECODED_COLUMNS``, and what reading them met."""
+    rows, reading = [], Reading()
     for interface in meta["interfaces"]:
         own_mac = bytes.fromhex(interface["mac"].replace(":", ""))
         for path in pcap_files(Path(capture_dir), interface["intf"]):
-            rows.extend(_read_pcap(path, interface["intf"], own_mac))
+            rows.extend(_read_pcap(path, interface["intf"], own_mac, reading))
     columns = zip(*rows) if rows else ([] for _ in _RAW_DTYPES)
     raw = pd.DataFrame({name: pd.array(values, dtype=dtype) for (name, dtype), values in zip(_RAW_DTYPES, columns)})
-    return _timed(raw, meta)[list(DECODED_COLUMNS)]
+    return _timed(raw, meta)[list(DECODED_COLUMNS)], reading
 
 
 def pcap_files(capture_dir: Path, intf: str) -> list[Path]:
@@ -157,14 +178,30 @@ def _time_ns(reader: RawPcapReader, header) -> int:
     return header.sec * 1_000_000_000 + (header.usec if reader.nano else header.usec * 1000)
 
 
-def _read_pcap(path: Path, intf: str, own_mac: bytes) -> list[tuple]:
+def _read_pcap(path: Path, intf: str, own_mac: bytes, reading: Reading) -> list[tuple]:
+    """The decoded RoCE rows of one pcap; counts every record in ``reading``.  A record cut short (fewer
+    bytes than its header's captured length) or a partial record header after the last one means the file
+    was cut mid-write: scapy reads the first as a short frame and stops silently at the second."""
     rows = []
     with _open_pcap(path) as reader:
+        end = reader.f.tell()  # where the last whole record ended
         for frame, header in reader:
+            end = reader.f.tell()
+            reading.records += 1
+            if len(frame) < min(header.caplen, MTU):
+                reading.truncated += 1
+                reading.cut_files.append(path.name)
+                continue
             fields = decode(frame)
-            if fields is not None:
-                direction = "out" if frame[6:12] == own_mac else "in"
-                rows.append((_time_ns(reader, header), intf, direction, *fields))
+            if fields is None:
+                reading.other += 1
+                continue
+            reading.roce += 1
+            direction = "out" if frame[6:12] == own_mac else "in"
+            rows.append((_time_ns(reader, header), intf, direction, *fields))
+        if end < os.fstat(reader.f.fileno()).st_size:
+            reading.truncated += 1
+            reading.cut_files.append(path.name)
     return rows
 
 

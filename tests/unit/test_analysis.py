@@ -3,6 +3,8 @@ orders and clocks, must come back as the counts, delays and cross-check verdicts
 
 import json
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -235,7 +237,7 @@ def test_plain_pcap_name_is_accepted(tmp_path):
     capture.mkdir()
     (capture / "capture.json").write_text(json.dumps(meta()))
     write_pcap(capture / f"{INTF}.pcap", [(T0_NS, data(WEST, EAST, 9, 0, T0_NS))])
-    assert len(read_packets(capture, meta())) == 1
+    assert len(read_packets(capture, meta())[0]) == 1
 
 
 def test_both_directions_on_one_interface_by_mac(tmp_path):
@@ -254,12 +256,69 @@ def test_non_roce_packets_are_ignored(tmp_path):
     analysis = analyze(results(tmp_path, [(T0_NS + i, f) for i, f in enumerate([*noise, roce])]))
     assert analysis.packets["kind"].tolist() == ["data"]
     assert analysis.flows["ip_bytes"].tolist() == [ip_bytes(roce)]
+    assert (analysis.reading.records, analysis.reading.roce, analysis.reading.other) == (4, 1, 3)
+    assert analysis.reading.line() == "read 4 records: 1 RoCE, 3 other (ignored)"
 
 
 def test_no_roce_packets_gives_empty_frames(tmp_path):
     analysis = analyze(results(tmp_path, [(T0_NS, raw(Ether(src=WEST_MAC) / ARP(pdst=EAST)))]))
     assert analysis.packets.empty and analysis.flows.empty and analysis.throughput.empty and analysis.events.empty
     assert cross_check(analysis, None, None).empty
+
+
+@pytest.mark.parametrize("cut", [10, 120, 16 + 128 - 3])  # into the last record's data; into its header
+def test_a_capture_cut_mid_write_is_counted_not_half_read_silently(tmp_path, cut):
+    packets = [(T0_NS + i, data(WEST, EAST, 9, i, T0_NS)) for i in range(3)]
+    pcap = results(tmp_path, packets) / "capture" / f"{INTF}.pcap0"
+    pcap.write_bytes(pcap.read_bytes()[:-cut])
+    reading = analyze(tmp_path).reading
+    assert reading.truncated == 1 and reading.cut_files == [pcap.name] and reading.roce == 2
+    assert f"1 cut off at the end of {pcap.name}" in reading.line()
+
+
+def run_analyze(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-P", "-m", "testbed", "analyze", *map(str, args)], capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_analyze_refuses_a_cut_capture_unless_allowed_and_never_says_agrees_with_nothing_compared(tmp_path):
+    cut, empty = tmp_path / "cut", tmp_path / "empty"
+    cut.mkdir()
+    empty.mkdir()
+    pcap = results(cut, [(T0_NS + i, data(WEST, EAST, 9, i, T0_NS)) for i in range(3)]) / "capture" / f"{INTF}.pcap0"
+    pcap.write_bytes(pcap.read_bytes()[:-10])
+    refused = run_analyze(cut)
+    assert refused.returncode == 2 and "cut off mid-write" in refused.stderr.strip().splitlines()[-1]
+    assert not (cut / "analysis").exists()
+    allowed = run_analyze(cut, "--allow-truncated")
+    assert allowed.returncode == 0, allowed.stderr
+    assert "read 3 records: 2 RoCE, 0 other (ignored); 1 cut off" in allowed.stdout
+    assert "nothing to compare with the run's telemetry: the run left no telemetry" in allowed.stdout
+    results(empty, [(T0_NS, raw(Ether(src=WEST_MAC) / ARP(pdst=EAST)))])
+    quiet = run_analyze(empty)
+    assert "nothing to compare with the run's telemetry: the capture holds no RoCE packets" in quiet.stdout
+    assert "agrees" not in quiet.stdout
+    not_a_dir = run_analyze(pcap)
+    assert not_a_dir.returncode == 2 and "is a file, not a directory" in not_a_dir.stderr
+
+
+def test_save_never_writes_through_a_symlink(tmp_path):
+    analysis = analyze(results(tmp_path, [(T0_NS, data(WEST, EAST, 9, 0, T0_NS))]))
+    check = cross_check(analysis, None, None)
+    victim = tmp_path / "victim.csv"
+    victim.write_text("precious")
+    out = tmp_path / "analysis"
+    out.mkdir()
+    (out / "flows.csv").symlink_to(victim)
+    save(analysis, check, out)
+    assert victim.read_text() == "precious" and not (out / "flows.csv").is_symlink()
+    assert sorted(p.name for p in out.iterdir()) == ["crosscheck.csv", "events.parquet", "flows.csv",
+                                                     "packets.parquet", "throughput.parquet"]  # no temporaries
+    linked = tmp_path / "linked"
+    linked.symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    with pytest.raises(AnalysisError, match=f"symlink {linked}"):
+        save(analysis, check, linked)
+    assert not (tmp_path / "elsewhere").exists()
 
 
 def test_throughput_bins_sum_to_the_flow_bytes_with_empty_bins_as_zero(tmp_path):
