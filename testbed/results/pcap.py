@@ -99,10 +99,49 @@ def load_meta(capture_dir: Path) -> dict:
         raise AnalysisError(f"no capture description {path}") from None
     except (OSError, ValueError) as error:
         raise AnalysisError(f"unreadable capture description {path}: {error}") from None
+    problem = _meta_problem(meta)
+    if problem:
+        raise AnalysisError(f"capture description {path}: {problem}")
+    return meta
+
+
+_MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
+
+
+def _meta_problem(meta) -> str | None:
+    """What makes ``capture.json`` unusable (one phrase), or None: every field the analysis reads, checked
+    before it reads any pcap, so a hand-edited or foreign file gets a line, not a traceback."""
+    if not isinstance(meta, dict):
+        return f"a JSON object expected, got {type(meta).__name__}"
     for key in ("clock_offset_ns", "interfaces"):
         if meta.get(key) is None:
-            raise AnalysisError(f"capture description {path} lacks {key}")
-    return meta
+            return f"lacks {key}"
+    for key in ("clock_offset_ns", "t0_monotonic_ns"):
+        value = meta.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            return f"{key} {value!r} is not a whole number of ns"
+    dilation = meta.get("dilation", 1.0)
+    if isinstance(dilation, bool) or not isinstance(dilation, int | float) or not 1 <= dilation < float("inf"):
+        return f"dilation {dilation!r} is not a number >= 1"
+    interfaces = meta["interfaces"]
+    if not isinstance(interfaces, list) or not interfaces:
+        return "interfaces must be a non-empty list"
+    for interface in interfaces:
+        if not isinstance(interface, dict) or not isinstance(interface.get("intf"), str):
+            return f"interface {interface!r} has no name (intf)"
+        if not isinstance(interface.get("mac"), str) or not _MAC.fullmatch(interface["mac"]):
+            return f"interface {interface['intf']}: mac {interface.get('mac')!r} is not aa:bb:cc:dd:ee:ff"
+        if not (isinstance(interface.get("node"), str) and isinstance(interface.get("peer"), str)):
+            return f"interface {interface['intf']}: node and peer must be names"
+    queue_pairs = meta.get("queue_pairs") or []
+    if not isinstance(queue_pairs, list) or not all(
+            isinstance(qp, dict) and all(isinstance(qp.get(k), str) for k in ("src", "dst"))
+            and all(isinstance(qp.get(k), int) for k in ("sqpn", "dqpn")) for qp in queue_pairs):
+        return "queue_pairs must be a list of {src, dst, sqpn, dqpn}"
+    drops = meta.get("kernel_drops") or {}
+    if not isinstance(drops, dict) or not all(isinstance(v, int) for v in drops.values()):
+        return "kernel_drops must map interfaces to packet counts"
+    return None
 
 
 @dataclass

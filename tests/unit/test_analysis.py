@@ -2,6 +2,7 @@
 orders and clocks, must come back as the counts, delays and cross-check verdicts they were built with."""
 
 import json
+import re
 import struct
 import subprocess
 import sys
@@ -426,4 +427,24 @@ def test_missing_or_unreadable_capture_is_a_clear_error(tmp_path):
         analyze(tmp_path)
     (tmp_path / "capture" / f"{INTF}.pcap0").write_bytes(b"not a pcap at all")
     with pytest.raises(AnalysisError, match=f"{INTF}.pcap0"):
+        analyze(tmp_path)
+
+
+@pytest.mark.parametrize("broken, problem", [
+    ([interface()], "a JSON object expected, got list"),
+    ({"clock_offset_ns": None}, "lacks clock_offset_ns"),
+    ({"clock_offset_ns": "soon"}, "clock_offset_ns 'soon' is not a whole number of ns"),
+    ({"t0_monotonic_ns": 1.5}, "t0_monotonic_ns 1.5 is not a whole number of ns"),
+    ({"dilation": 0}, "dilation 0 is not a number >= 1"),
+    ({"interfaces": "westb-eth2"}, "interfaces must be a non-empty list"),
+    ({"interfaces": [{"mac": WEST_MAC}]}, "has no name (intf)"),
+    ({"interfaces": [interface(mac="02:00:00:00:07")]}, "mac '02:00:00:00:07' is not aa:bb:cc:dd:ee:ff"),
+    ({"interfaces": [{"intf": INTF, "mac": WEST_MAC}]}, "node and peer must be names"),
+    ({"queue_pairs": [{"src": WEST}]}, "queue_pairs must be a list of {src, dst, sqpn, dqpn}"),
+    ({"kernel_drops": {INTF: "none"}}, "kernel_drops must map interfaces to packet counts"),
+])
+def test_a_malformed_capture_description_is_one_line_naming_the_field(tmp_path, broken, problem):
+    described = broken if isinstance(broken, list) else meta() | broken
+    results(tmp_path, [(T0_NS, data(WEST, EAST, 9, 0, T0_NS))], described)
+    with pytest.raises(AnalysisError, match=re.escape(problem)):
         analyze(tmp_path)
