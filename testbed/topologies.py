@@ -25,8 +25,16 @@ def load_topology(spec: str) -> type[FabricTopo]:
         raise TopologyError(f"unknown topology {spec!r} (available: {', '.join(available_topologies())})")
     module_spec = importlib.util.spec_from_file_location(f"topologies.{path.stem}", path)
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    try:
+        module_spec.loader.exec_module(module)
+    except SyntaxError as error:
+        raise TopologyError(f"topology script {path}: syntax error at line {error.lineno}: {error.msg}") from None
+    except Exception as error:  # the script's own code raised: the user's to fix, named in one line
+        raise TopologyError(f"topology script {path} failed on import: {type(error).__name__}: {error}") from None
     topos = getattr(module, "topos", {})
+    if not isinstance(topos, dict):
+        raise TopologyError(f"topology script {path}: 'topos' must be a dict of name -> FabricTopo subclass, "
+                            f"not a {type(topos).__name__}")
     candidates = [t for t in topos.values() if isinstance(t, type) and issubclass(t, FabricTopo)]
     if not candidates:
         raise TopologyError(f"topology script {path} defines no FabricTopo in its 'topos' dict")

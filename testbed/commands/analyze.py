@@ -6,13 +6,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from testbed.commands.options import UsageError
+from testbed.commands.options import UsageError, positive_finite
 from testbed.results import report
 from testbed.results.analysis import analyze, save
 from testbed.results.console import console, say, say_path, stage
 from testbed.results.crosscheck import cross_check, disagreements
 from testbed.results.pcap import AnalysisError
 from testbed.results.tables import frame_table
+
+MAX_BIN_MS = 3_600_000.0  # an hour
 
 
 def add_parser(commands) -> None:
@@ -29,8 +31,7 @@ def add_parser(commands) -> None:
 
 
 def handle(args: argparse.Namespace, argv: list[str]) -> int:
-    if not args.bin_ms > 0:
-        raise UsageError(f"--bin-ms {args.bin_ms:g} must be > 0")
+    positive_finite("--bin-ms", args.bin_ms, MAX_BIN_MS)
     if not args.results_dir.exists():
         raise UsageError(f"results directory {args.results_dir} does not exist")
     if not args.results_dir.is_dir():

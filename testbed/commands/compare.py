@@ -37,6 +37,7 @@ from testbed.commands.options import (
     exit_status,
     fabric,
     observe_from,
+    positive_finite,
     rerun_in_microvm_if_needed,
     resolve_dilation,
     results_dir,
@@ -57,6 +58,8 @@ from testbed.results.tables import discovery_table, frame_table
 from testbed.topologies import accepted_keywords
 
 COMPARE_SWEEP = "-b 4M -e 16M -f 4 -n 1 -w 0"
+MAX_DISTANCE_KM = 20_000.0  # half the Earth's circumference: no two sites are further apart
+MAX_TARGET_QUEUE_MS = 10_000.0
 DEFAULT_REPEATS, MAX_REPEATS = 3, 100
 COMPARE_SCENARIO = {"hosts": 1, "host_bw_mbps": 400_000.0, "dci_bw_mbps": 400_000.0, "distance_km": 10.0}
 SHORT_NAMES = {"size_bytes": "size B", "bound_mbps": "bound", "completion_p50_ms": "done p50",
@@ -99,8 +102,8 @@ def handle(args: argparse.Namespace, argv: list[str]) -> int:
     algorithm = algorithm_from(args)
     modes = _modes(args.modes)
     distances = _distances(args.distances)
-    if args.target_queue_ms is not None and args.target_queue_ms <= 0:
-        raise UsageError(f"--target-queue-ms {args.target_queue_ms} must be > 0")
+    if args.target_queue_ms is not None:
+        positive_finite("--target-queue-ms", args.target_queue_ms, MAX_TARGET_QUEUE_MS)
     if not 1 <= args.repeat <= MAX_REPEATS:
         raise UsageError(f"--repeat {args.repeat} must be from 1 to {MAX_REPEATS}")
     observe = observe_from(args, topo)
@@ -147,8 +150,8 @@ def _distances(spec: str | None) -> list[float]:
         values = [float(x) for x in spec.split(",")]
     except ValueError:
         raise UsageError(f"--distances {spec!r} must be comma-separated kilometres, e.g. 10,100,1000") from None
-    if any(not (v > 0) for v in values):
-        raise UsageError(f"--distances {spec!r}: every distance must be > 0 km")
+    if any(not 0 < v <= MAX_DISTANCE_KM for v in values):
+        raise UsageError(f"--distances {spec!r}: every distance must be > 0 and at most {MAX_DISTANCE_KM:g} km")
     return values
 
 

@@ -46,6 +46,14 @@ class UsageError(Exception):
     """Bad command-line input; the message is printed as one line and the exit status is 2."""
 
 
+def positive_finite(option: str, value: float, most: float, unit: str = "") -> float:
+    """``value`` when it is a number > 0 and at most ``most`` (nan and inf are not); else UsageError naming
+    ``option``: argparse's ``float`` takes "nan", "inf" and "1e12", which failed only after the build."""
+    if not 0 < value <= most:
+        raise UsageError(f"{option} {value:g} must be > 0 and at most {most:g}{unit}")
+    return value
+
+
 # -- the topology -------------------------------------------------------------------------------------------
 
 def add_topology_options(parser: argparse.ArgumentParser) -> None:
@@ -164,10 +172,12 @@ def add_observe_options(parser: argparse.ArgumentParser) -> None:
                           f"(default {DEFAULT_MAX_MB})")
 
 
+MAX_TELEMETRY_MS = 60_000.0  # a sample a minute: any coarser and a run has no time series left
+
+
 def observe_from(args, topo: FabricTopo) -> Observe:
     """The --telemetry/--capture options checked against the topology before anything is built."""
-    if not args.telemetry_ms > 0:
-        raise UsageError(f"--telemetry-ms {args.telemetry_ms:g} must be > 0")
+    positive_finite("--telemetry-ms", args.telemetry_ms, MAX_TELEMETRY_MS)
     if args.snaplen != 0 and args.snaplen < MIN_SNAPLEN:
         raise UsageError(f"--snaplen {args.snaplen} cuts the RoCE headers: use at least {MIN_SNAPLEN}, "
                          "or 0 for whole packets")
@@ -212,8 +222,18 @@ def algorithm_from(args) -> Algorithm:
 # -- where a command runs and what it leaves ------------------------------------------------------------------
 
 def results_dir(args, name: str) -> Path:
-    """``--out``, or ``results/<name>-<time>``, absolute (the microVM gets the same path)."""
-    return (args.out or Path("results") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    """``--out``, or ``results/<name>-<time>``, absolute (the microVM gets the same path); UsageError, before
+    anything is built, when it could not be written: a file, under a file, or in a place this user cannot
+    create it.  Nothing is created here, so a refused run leaves no empty directory."""
+    out = (args.out or Path("results") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a directory")
+    existing = next(parent for parent in (out, *out.parents) if parent.exists())
+    if not existing.is_dir():
+        raise UsageError(f"--out {out}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out}: {existing} is not writable")
+    return out
 
 
 def require_root() -> None:

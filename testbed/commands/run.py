@@ -15,6 +15,7 @@ from testbed.commands.options import (
     check_dilation,
     fabric,
     observe_from,
+    positive_finite,
     rerun_in_microvm_if_needed,
     resolve_dilation,
     results_dir,
@@ -50,14 +51,16 @@ def add_parser(commands) -> None:
     parser.set_defaults(handler=handle)
 
 
+MAX_CHECK_SECONDS = 3600.0  # an hour per rate check, declared (a dilated one takes k times that)
+
+
 def handle(args: argparse.Namespace, argv: list[str]) -> int:
     if args.topology_name and args.topology and args.topology_name != args.topology:
         raise UsageError(f"two topologies given: {args.topology_name!r} and --topology {args.topology!r}")
     args.topology = args.topology or args.topology_name or DEFAULT_TOPOLOGY
     topo_cls = topology_class(args)
     topo = topo_cls(**topology_params(args, topo_cls))  # validates the whole fabric, builds nothing
-    if args.seconds <= 0:
-        raise UsageError(f"--seconds {args.seconds} must be > 0")
+    positive_finite("--seconds", args.seconds, MAX_CHECK_SECONDS, " s")
     args.observe = observe_from(args, topo)
     check_dilation(args, topo)  # resolved where the fabric runs
     hosts = len(topo.nodes_with(role="host"))

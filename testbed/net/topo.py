@@ -16,7 +16,7 @@ import math
 from mininet.node import Host, Node
 from mininet.topo import Topo
 
-from testbed.model.fabric import DEFAULT_DCI_BW_MBPS, DciLink, Fabric, LinkConfig, Site
+from testbed.model.fabric import DEFAULT_DCI_BW_MBPS, DciLink, Fabric, LinkConfig, Site, TopologyError
 
 DCI_POOL = "10.255.0.0/16"
 
@@ -66,7 +66,10 @@ class FabricTopo(Topo):
                  **params):
         """``params`` go to ``build``; ``dci_km`` and ``rate_scale`` vary what it declared (``Fabric.varied``)."""
         self.fabric = Fabric() if mtu is None else Fabric(mtu=mtu)
-        super().__init__(*args, **params)  # runs build(), which declares the fabric
+        try:
+            super().__init__(*args, **params)  # runs build(), which declares the fabric
+        except TypeError as error:  # build() or what it called was given a keyword it does not take
+            raise TopologyError(f"topology {type(self).__name__}: {error}") from None
         if dci_km is not None or rate_scale != 1:
             self.fabric = self.fabric.varied(dci_km, rate_scale)
         self.fabric.validate()

@@ -21,14 +21,20 @@ import pandas as pd
 from testbed.results.capture_flows import CaptureAnalysis, event_table, flow_table, sequenced, throughput_table
 from testbed.results.pcap import AnalysisError, load_meta, read_packets
 
+MAX_BINS = 1_000_000  # per flow, before the zero bins between its packets are filled in: memory stays bounded
+
 
 def analyze(results_dir: Path, bin_s: float = 0.1) -> CaptureAnalysis:
     """Read ``results_dir/capture`` and derive every frame, time binned by ``bin_s`` seconds."""
-    if bin_s <= 0:
+    if not bin_s > 0:
         raise ValueError(f"bin_s must be > 0, got {bin_s}")
     capture_dir = Path(results_dir) / "capture"
     meta = load_meta(capture_dir)
     decoded, reading = read_packets(capture_dir, meta)
+    span_s = float(decoded["t_s"].max() - decoded["t_s"].min()) if len(decoded) else 0.0
+    if span_s / bin_s > MAX_BINS:
+        raise AnalysisError(f"a bin of {bin_s * 1e3:g} ms makes {span_s / bin_s:,.0f} bins over the capture's "
+                            f"{span_s:g} s: at most {MAX_BINS:,} (a bin of {span_s / MAX_BINS * 1e3:.3g} ms or more)")
     packets = sequenced(decoded)
     return CaptureAnalysis(packets, flow_table(packets, meta), throughput_table(packets, bin_s),
                            event_table(packets, bin_s), meta, reading)

@@ -277,6 +277,13 @@ def test_a_capture_cut_mid_write_is_counted_not_half_read_silently(tmp_path, cut
     assert f"1 cut off at the end of {pcap.name}" in reading.line()
 
 
+def test_bins_that_would_not_fit_are_refused_before_they_are_made(tmp_path):
+    results(tmp_path, [(T0_NS, data(WEST, EAST, 9, 0, T0_NS)), (T0_NS + 10**9, data(WEST, EAST, 9, 1, T0_NS))])
+    with pytest.raises(AnalysisError, match="makes 1,000,000,000 bins over the capture's 1 s: at most 1,000,000"):
+        analyze(tmp_path, bin_s=1e-9)
+    assert len(analyze(tmp_path, bin_s=1e-6).throughput) == 1_000_001  # the most it allows, zero bins included
+
+
 def run_analyze(*args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-P", "-m", "testbed", "analyze", *map(str, args)], capture_output=True,
                           text=True, timeout=120)

@@ -67,6 +67,17 @@ def test_a_queue_that_never_stayed_backlogged_says_nothing_about_the_rate():
     assert verdict.values["dci_rate"] is None and verdict.faithful
 
 
+def test_a_link_at_its_rate_sampled_every_frame_and_a_half_keeps_its_rate():
+    """The counter moves whole frames: per interval 1 or 2 frames for 1.5 frame times (a ratio of 0.67 or
+    1.33).  Judged over stretches of 40 frames and more, the link that kept its rate is at its rate."""
+    rate, interval = 250e6 / 150, 1.5 * FRAME * 8 / (250e6 / 150)  # k 150: a frame takes 20 ms
+    rows = [[i * interval, "m", "westb", "eastb", "westb-eth1", "west-east", rate, 10 * FRAME, 10, 0.0,
+             FRAME * int(i * 1.5), 0, 0, 0] for i in range(400)]
+    assert dci_rate(pd.DataFrame(rows, columns=QUEUE_COLUMNS), FRAME) == pytest.approx(1.0, abs=0.025)
+    per_interval = [(FRAME * (int((i + 1) * 1.5) - int(i * 1.5))) / (1.5 * FRAME) for i in range(399)]
+    assert sorted(per_interval)[len(per_interval) // 2] == pytest.approx(2 / 3)  # what a median of these said
+
+
 def test_every_check_has_a_verdict_row():
     row = Verdict("m", 10.0, {name: None for name, *_ in CHECKS}).row()
     assert set(row) == {"mode", "dilation", "dci_rate", "rank_cpu", "loop_late", "sampler", "verdict",

@@ -1,6 +1,7 @@
 """Topology scripts, addressing and routing (native: Mininet Topo objects are plain data)."""
 
 import ipaddress
+import re
 
 import pytest
 
@@ -77,3 +78,38 @@ def test_bad_topology_values_fail_before_anything_is_built():
         load_topology("two_sites")(distance_km=-1)
     with pytest.raises(TopologyError, match="bw_mbps 0"):
         load_topology("two_sites")(dci_bw_mbps=0)
+
+
+GOOD_SCRIPT = """
+from testbed.net.topo import FabricTopo
+
+class Mine(FabricTopo):
+    def build(self, hosts=1):
+        self.addSite("west", hosts=hosts, leaves=1, spines=1{site_extra})
+        self.addSite("east", hosts=hosts, leaves=1, spines=1)
+        self.addDci("west", "east", distance_km=10)
+
+topos = {topos}
+"""
+
+
+@pytest.mark.parametrize("script, problem", [
+    (GOOD_SCRIPT.format(site_extra="", topos="{'mine': Mine}") + "\nif True\n", "syntax error at line"),
+    ("raise RuntimeError('no GPUs today')\n", "failed on import: RuntimeError: no GPUs today"),
+    (GOOD_SCRIPT.format(site_extra="", topos="[Mine]"), "'topos' must be a dict of name -> FabricTopo subclass, "
+                                                         "not a list"),
+    (GOOD_SCRIPT.format(site_extra=", colour='red'", topos="{'mine': Mine}"),
+     "topology Mine: LinkConfig.__init__() got an unexpected keyword argument 'colour'"),
+])
+def test_a_broken_topology_script_is_one_line_naming_the_script(tmp_path, script, problem):
+    path = tmp_path / "mine.py"
+    path.write_text(script)
+    with pytest.raises(TopologyError, match=re.escape(problem)) as raised:
+        load_topology(str(path))()
+    assert "\n" not in str(raised.value)
+
+
+def test_a_good_script_loads_by_path(tmp_path):
+    path = tmp_path / "mine.py"
+    path.write_text(GOOD_SCRIPT.format(site_extra="", topos="{'mine': Mine}"))
+    assert len(load_topology(str(path))(hosts=2).nodes_with(role="host")) == 4
