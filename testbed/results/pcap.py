@@ -126,13 +126,9 @@ def _meta_problem(meta) -> str | None:
     interfaces = meta["interfaces"]
     if not isinstance(interfaces, list) or not interfaces:
         return "interfaces must be a non-empty list"
-    for interface in interfaces:
-        if not isinstance(interface, dict) or not isinstance(interface.get("intf"), str):
-            return f"interface {interface!r} has no name (intf)"
-        if not isinstance(interface.get("mac"), str) or not _MAC.fullmatch(interface["mac"]):
-            return f"interface {interface['intf']}: mac {interface.get('mac')!r} is not aa:bb:cc:dd:ee:ff"
-        if not (isinstance(interface.get("node"), str) and isinstance(interface.get("peer"), str)):
-            return f"interface {interface['intf']}: node and peer must be names"
+    problem = next(filter(None, map(_interface_problem, interfaces)), None)
+    if problem:
+        return problem
     queue_pairs = meta.get("queue_pairs") or []
     if not isinstance(queue_pairs, list) or not all(
             isinstance(qp, dict) and all(isinstance(qp.get(k), str) for k in ("src", "dst"))
@@ -141,6 +137,16 @@ def _meta_problem(meta) -> str | None:
     drops = meta.get("kernel_drops") or {}
     if not isinstance(drops, dict) or not all(isinstance(v, int) for v in drops.values()):
         return "kernel_drops must map interfaces to packet counts"
+    return None
+
+
+def _interface_problem(interface) -> str | None:
+    if not isinstance(interface, dict) or not isinstance(interface.get("intf"), str):
+        return f"interface {interface!r} has no name (intf)"
+    if not isinstance(interface.get("mac"), str) or not _MAC.fullmatch(interface["mac"]):
+        return f"interface {interface['intf']}: mac {interface.get('mac')!r} is not aa:bb:cc:dd:ee:ff"
+    if not (isinstance(interface.get("node"), str) and isinstance(interface.get("peer"), str)):
+        return f"interface {interface['intf']}: node and peer must be names"
     return None
 
 
