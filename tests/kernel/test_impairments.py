@@ -116,8 +116,11 @@ def test_jitter_varies_delay_but_reorders_only_when_asked(two_sites):
         shuffled = iperf_udp(src, dst, mbps=20, seconds=2, length=1000)
     finally:
         link.set(jitter_ms=0, reorder_pct=0)
-    assert ordered["out_of_order"] <= 0.01 * ordered["packets"], ordered
-    assert shuffled["out_of_order"] >= 0.05 * shuffled["packets"], shuffled
+    # netem keeps them in order; the kernel itself reorders a little: veth hands each packet to the backlog
+    # of the CPU that dequeued it, and two vCPUs' backlogs drain in any order (0-0.4 % with or without
+    # jitter on an idle host, 4.6 % once under load), against 72-73 % with reorder_pct 25
+    assert ordered["out_of_order"] <= 0.10 * ordered["packets"], ordered
+    assert shuffled["out_of_order"] >= 0.50 * shuffled["packets"], shuffled
 
 
 def test_ecn_capable_traffic_above_threshold_is_marked_counted_and_captured(two_sites, tmp_path):
