@@ -12,9 +12,10 @@ Cross-check (``cross_check``)
     The receiver's counters end at its last sample (a command's end), the capture runs on until the run
     stops: spurious go-back-N retransmissions still queued at the DCI when the collective completed arrive
     later, and the receiver marks and answers them unsampled (measured: 67 CE marks and CNPs, 4 % of a flow's,
-    at 10 Mbit/s behind a 4 MB queue).  So the receiver's quantities are compared with what the capture saw
-    up to that sample's time, and the note says how many packets came after; the sender's are complete
-    (it sends nothing once every chunk is acknowledged).
+    at 10 Mbit/s behind a 4 MB queue).  So CE is compared on the first data packets the tap saw, as many as
+    the receiver had taken in (``TAKEN_IN``; by time, a CPU-starved receiver still held 49 marked ones in its
+    socket when it sampled), CNPs and NAKs on what the capture saw up to that sample's time; the note says
+    how many came after.  The sender's are complete (it sends nothing once every chunk is acknowledged).
     Per captured (interface, direction) whose egress queue has samples during the capture: CE-marked RoCE
     packets seen leaving through it vs the increase of the queue's ``ecn_marks`` (last - first sample within
     the capture).  Informational lower bound: every mark the queue made is either seen at the tap or among
@@ -35,6 +36,8 @@ CHECK_COLUMNS = ("scope", "quantity", "capture", "run", "difference", "ok", "not
 DATA_CHECKS = (("data_packets", "sender", "packets_sent"), ("ip_bytes", "sender", "ip_bytes_sent"),
                ("retransmitted", "sender", "retransmitted_packets"), ("ce_packets", "receiver", "ce_marked"))
 CONTROL_CHECKS = (("cnps", "receiver", "cnps_sent"), ("naks", "receiver", "naks_sent"))
+# what a receiver has taken in, whatever it did with each packet: its CE marks are on the first that many
+TAKEN_IN = ("packets", "duplicates", "out_of_order")
 RUN_ENDS = ["mode", "rank", "peer", "channel", "side"]  # one queue-pair end's counters within a mode
 
 
@@ -59,8 +62,10 @@ def _run_totals(flows: pd.DataFrame, side: str, counters: list[str]) -> dict[tup
 
 
 def _flow_rows(analysis: CaptureAnalysis, flows: pd.DataFrame, drops: dict, tolerance: float) -> list[dict]:
-    totals = {side: _run_totals(flows, side, [counter for _, s, counter in DATA_CHECKS + CONTROL_CHECKS if s == side])
+    wanted = {side: [counter for _, s, counter in DATA_CHECKS + CONTROL_CHECKS if s == side]
+              + (list(TAKEN_IN) if side == "receiver" and set(TAKEN_IN) <= set(flows.columns) else [])
               for side in ("sender", "receiver")}
+    totals = {side: _run_totals(flows, side, counters) for side, counters in wanted.items()}
     seen_until = _FlowsUntil(analysis)
     kernel_drops = analysis.meta.get("kernel_drops") or {}
     rows = []
@@ -76,13 +81,24 @@ def _flow_rows(analysis: CaptureAnalysis, flows: pd.DataFrame, drops: dict, tole
                 rows.append(_row(scope, column, getattr(flow, column), float("nan"), False, unknown))
                 continue
             run, captured, later = float(total[counter]), getattr(flow, column), 0
-            if side == "receiver":
+            if side == "receiver" and column == "ce_packets" and set(TAKEN_IN) <= set(total.index):
+                captured, later = _marks_taken_in(analysis.packets, flow, int(total[list(TAKEN_IN)].sum()))
+            elif side == "receiver":
                 captured, later = seen_until(flow, column, total["t_s"])
             # data leaves through the flow's egress; its ACKs, NAKs and CNPs come back through the opposite one
             egress = _reverse(flow.egress) if (column, side, counter) in CONTROL_CHECKS else flow.egress
             note = _shortfall_note(captured, run, column, drops.get(egress), kernel_drops.get(flow.intf), later)
             rows.append(_row(scope, column, captured, run, abs(captured - run) <= tolerance * max(abs(run), 1), note))
     return rows
+
+
+def _marks_taken_in(packets: pd.DataFrame, flow, taken: int) -> tuple[float, float]:
+    """CE marks on the first ``taken`` data packets of ``flow`` the tap saw (the ones the receiver had taken in
+    by its last sample: nothing is lost or reordered between the tap and it), and on the ones after."""
+    data = packets[(packets["kind"] == "data") & (packets["intf"] == flow.intf) & (packets["src"] == flow.src)
+                   & (packets["dst"] == flow.dst) & (packets["dqpn"] == flow.dqpn)]
+    marked = (data["ecn"] == CE).to_numpy()
+    return float(marked[:taken].sum()), float(marked[taken:].sum())
 
 
 class _FlowsUntil:

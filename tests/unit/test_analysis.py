@@ -402,6 +402,20 @@ def test_cross_check_compares_the_receiver_until_its_last_sample(tmp_path):
     assert not cross_check(analysis, telemetry_flows(sent, dict(received, ce_marked=5)), None)["ok"].all()
 
 
+def test_cross_check_compares_marks_on_what_the_receiver_had_taken_in(tmp_path):
+    """A CPU-starved receiver samples while marked duplicates still wait in its socket: captured before its
+    sample's time, not yet taken in.  Its CE marks are on the first packets it took in, as many as it counted."""
+    packets = [(T0_NS + i * 10**6, data(WEST, EAST, 9, i % 3, T0_NS, ecn=CE)) for i in range(5)]  # 2 repeats
+    analysis = analyze(results(tmp_path, packets, meta([{"src": WEST, "dst": EAST, "sqpn": 4, "dqpn": 9}])))
+    sent = {"packets_sent": 5, "ip_bytes_sent": sum(ip_bytes(f) for _, f in packets), "retransmitted_packets": 2}
+    received = {"ce_marked": 4, "cnps_sent": 0, "naks_sent": 0, "packets": 3, "duplicates": 1, "out_of_order": 0}
+    check = cross_check(analysis, telemetry_flows(sent, received), None)  # its final samples at 1.0 s
+    ce = only_row(check, quantity="ce_packets")
+    assert ce["ok"] and ce["capture"] == 4 and "1 more captured after" in ce["note"], check.to_string()
+    without = {k: v for k, v in received.items() if k not in ("packets", "duplicates", "out_of_order")}
+    assert only_row(cross_check(analysis, telemetry_flows(sent, without), None), quantity="ce_packets")["capture"] == 5
+
+
 def test_cross_check_without_telemetry_for_a_flow_and_without_any(tmp_path):
     analysis = analyze(results(tmp_path, [(T0_NS, data(WEST, EAST, 9, 0, T0_NS))]))
     others = telemetry_flows({"packets_sent": 1, "ip_bytes_sent": 1, "retransmitted_packets": 0},
