@@ -14,9 +14,8 @@ def add_parser(commands) -> None:
 def handle(args: argparse.Namespace, argv: list[str]) -> int:
     require_root()
     results = cleanup.clean()
-    for r in results:
-        done = r.get("skipped") or f"killed {r['processes']} processes, removed {r['namespaces']} namespaces"
-        print(f"{r['record']}: {done}")
+    for swept in results:
+        print(f"{swept.record}: {swept.describe()}")
     if not results:
         print("nothing to clean")
     return 0

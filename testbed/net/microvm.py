@@ -13,9 +13,11 @@ import signal
 import subprocess
 import sys
 import sysconfig
+import tempfile
 from pathlib import Path
 
 from testbed.net import cleanup, kernel
+from testbed.net.interrupts import InterruptGuard
 
 IN_VM_ENV = "TESTBED_IN_VM"
 SANE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # busybox shadows tools otherwise
@@ -113,26 +115,61 @@ def _numpy_dispatched() -> str:
     return " ".join(__cpu_dispatch__)
 
 
-def start(argv: list[str], rwdirs: list[Path], interactive: bool = False,
-          cwd: Path | None = None) -> subprocess.Popen:
+# The watchdog: reads the VM's process group, then waits on a pipe whose write end only the testbed process
+# holds.  "done" means the testbed stopped the VM itself; end of file without it means the testbed died (kill -9,
+# a crash) and the VM would run on at full CPU: the group is killed and virtme's temporary files removed.
+WATCHDOG = 'read -r group; read -r word; [ "$word" = done ] && exit 0; [ -n "$group" ] && kill -9 -"$group"; ' \
+           'rm -rf -- "$1"'
+
+
+class MicroVm(subprocess.Popen):
+    """vng, the leader of the VM's process group (virtme-run, qemu), watched: it dies with this process.
+
+    A watchdog process rather than PR_SET_PDEATHSIG: that signal reaches only a direct child, and qemu is
+    vng's grandchild.  virtme's temporary files (its initramfs, the command's exit status file) go in a
+    directory of the VM's own (TMPDIR), which goes with it.
+    """
+
+    def __init__(self, cmd: list[str], env: dict[str, str], **kwargs):
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="testbed-vm-"))
+        read_end, self._pipe = os.pipe()
+        self._watchdog = subprocess.Popen(["sh", "-c", WATCHDOG, "testbed-vm-watchdog", str(self.temp_dir)],
+                                          stdin=read_end, start_new_session=True)
+        os.close(read_end)
+        super().__init__(cmd, env=dict(env, TMPDIR=str(self.temp_dir)), start_new_session=True, **kwargs)
+        os.write(self._pipe, f"{self.pid}\n".encode())
+
+    def release(self) -> None:
+        """The VM is stopped: dismiss the watchdog and remove the temporary directory."""
+        if self._pipe is not None:
+            os.write(self._pipe, b"done\n")
+            os.close(self._pipe)
+            self._pipe = None
+            self._watchdog.wait()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def start(argv: list[str], rwdirs: list[Path], interactive: bool = False, cwd: Path | None = None) -> MicroVm:
     """Boot the VM running ``argv`` in ``cwd`` (default: ours); its output is piped unless ``interactive``.
 
-    The VM is its own process group (so it can be killed whole) and is recorded for ``testbed clean``.
+    The VM is its own process group (so it can be killed whole), dies with this process, and is recorded for
+    ``testbed clean``.
     """
     for directory in rwdirs:
         directory.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', SANE_PATH)}")
     quiet = {} if interactive else {"stdin": subprocess.DEVNULL, "stdout": subprocess.PIPE, "stderr": subprocess.STDOUT}
-    vm = subprocess.Popen(command(argv, rwdirs, cwd or Path.cwd()), env=env, start_new_session=True, **quiet)
-    cleanup.record([], vm_pid=vm.pid)
+    vm = MicroVm(command(argv, rwdirs, cwd or Path.cwd()), env, **quiet)
+    cleanup.record([], vm_pid=vm.pid, temp_dir=vm.temp_dir)
     return vm
 
 
-def stop(vm: subprocess.Popen) -> None:
-    """Kill the VM (and everything in it) if it still runs, and drop its cleanup record."""
+def stop(vm: MicroVm) -> None:
+    """Kill the VM (and everything in it) if it still runs, and drop its watchdog, files and cleanup record."""
     if vm.poll() is None:
         os.killpg(vm.pid, signal.SIGKILL)
         vm.wait()
+    vm.release()
     cleanup.record_path().unlink(missing_ok=True)
 
 
@@ -142,17 +179,24 @@ def describe(reason: str) -> str:
 
 
 def run(argv: list[str], rwdirs: list[Path], reason: str) -> int:
-    """Run ``argv`` in the VM, stream its output, return its exit status; Ctrl-C stops the VM."""
+    """Run ``argv`` in the VM, stream its output, return its exit status; Ctrl-C, SIGTERM or SIGHUP stop the VM
+    (status 130)."""
     print(f"testbed: {describe(reason)}", flush=True)
-    vm = start(argv, rwdirs, interactive=sys.stdin.isatty() and sys.stdout.isatty())
+    interrupts = InterruptGuard()  # SIGTERM and SIGHUP too: the VM is stopped, not left to its watchdog
+    interrupts.install()
+    vm = None
     try:
+        vm = start(argv, rwdirs, interactive=sys.stdin.isatty() and sys.stdout.isatty())
         if vm.stdout is not None:
             relay(vm.stdout, sys.stdout.buffer)
         return vm.wait()
     except KeyboardInterrupt:
+        interrupts.restore()  # handled: disarmed before the Interrupt is dropped, or it would be sent again
         return 130
     finally:
-        stop(vm)
+        interrupts.restore()  # a second signal now ends this process, and the watchdog the VM
+        if vm is not None:
+            stop(vm)
 
 
 def relay(stream, sink) -> None:

@@ -99,8 +99,9 @@ class Testbed:
         self._interrupts.install()
         self._record = cleanup.record(list(self.topo.nodes()))
         try:
-            self.net = _Building(topo=self.topo, link=partial(ShapedLink, dilation=self.dilation), controller=None,
-                                 autoSetMacs=True, waitConnected=False, progress=progress)
+            with cleanup.marked():
+                self.net = _Building(topo=self.topo, link=partial(ShapedLink, dilation=self.dilation),
+                                     controller=None, autoSetMacs=True, waitConnected=False, progress=progress)
             cleanup.pin({node.name: node.pid for node in self.net.hosts})
             self.net.start()
             for link in self.net.links:

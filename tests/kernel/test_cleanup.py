@@ -111,3 +111,32 @@ def test_kill_9_then_testbed_clean_leaves_nothing(tmp_path):
     assert "killed" in clean.stdout
     assert system_state() == before
     assert not running("iperf3")
+
+
+def shells_of(run: subprocess.Popen) -> int:
+    """How many Mininet shells run ``run``'s record names as its own (by run id, in their environment)."""
+    entry = cleanup.read(cleanup.record_path(run.pid))
+    return len(cleanup.shell_pids(set(entry["nodes"]), entry["run"]))
+
+
+def test_clean_after_a_killed_run_leaves_a_live_run_with_the_same_node_names_alone(tmp_path):
+    """Two runs of the same topology (same node names): kill -9 one, clean; the other keeps every shell and
+    its namespaces, and ends normally on Ctrl-C, leaving nothing."""
+    before = system_state()
+    live = start_run(tmp_path / "live", "--seconds", "600")
+    wait_until_built(live)
+    killed = start_run(tmp_path / "killed", "--seconds", "60")
+    wait_until_built(killed)
+    nodes = len(cleanup.read(cleanup.record_path(live.pid))["nodes"])
+    assert shells_of(live) == nodes and shells_of(killed) == nodes
+    killed.kill()
+    killed.wait()
+    clean = subprocess.run([sys.executable, "-m", "testbed", "clean"], capture_output=True, text=True, timeout=120)
+    assert clean.returncode == 0, clean.stderr
+    assert f"{live.pid}.json: run {live.pid} is still alive: left alone" in clean.stdout, clean.stdout
+    assert f"{killed.pid}.json: killed" in clean.stdout, clean.stdout
+    assert shells_of(live) == nodes and live.poll() is None
+    live.send_signal(signal.SIGINT)
+    output = live.communicate(timeout=120)[0]
+    assert live.returncode == 130, output
+    assert system_state() == before
