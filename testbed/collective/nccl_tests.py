@@ -97,6 +97,8 @@ def parsesize(text: str) -> int:
     if match is None or match.group(2).lower() not in _SIZE_UNITS:
         raise ValueError(f"invalid size {text!r}: want a number of bytes with an optional K, M or G suffix")
     size = float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+    if not math.isfinite(size):  # "1e400" reads as inf, which no int holds
+        raise ValueError(f"invalid size {text!r}: must be a finite number of bytes")
     if size < 0:
         raise ValueError(f"invalid size {text!r}: must not be negative")
     return int(size)
@@ -111,6 +113,24 @@ def _stall_reason(minbytes: int, maxbytes: int, stepfactor: int, stepbytes: int)
     if stepfactor <= 1 and stepbytes == 0:
         return "stepbytes 0 never advances the sizes: give -i > 0 or -f > 1"
     return None
+
+
+# sizes one sweep may visit: each is measured out of place and in place, a second or more each under TCG, so
+# a thousand take over half an hour; nccl-tests' widest usual sweep (-b 8 -e 8G -f 2) is 31
+MAX_SIZES = 1000
+
+
+def sweep_length(minbytes: int, maxbytes: int, stepfactor: int, stepbytes: int) -> int:
+    """How many sizes ``sizes`` visits, counted without listing them (``-b 1 -e 1G -f 1 -i 1`` is a billion);
+    the sweep must not stall (``_stall_reason``)."""
+    if minbytes > maxbytes:
+        return 0
+    if stepfactor <= 1:
+        return (maxbytes - minbytes) // stepbytes + 1
+    count, size = 0, minbytes
+    while size <= maxbytes:  # at most log2(maxbytes) + 1 steps
+        count, size = count + 1, size * stepfactor
+    return count
 
 
 def sizes(minbytes: int, maxbytes: int, stepfactor: int, stepbytes: int) -> list[int]:
@@ -342,6 +362,9 @@ def parse_args(collective: str, argv: Sequence[str], nranks: int | None = None) 
     reason = _stall_reason(args.minbytes, args.maxbytes, args.stepfactor, args.stepbytes)
     if reason is not None:
         parser.error(reason)
+    count = sweep_length(args.minbytes, args.maxbytes, args.stepfactor, args.stepbytes)
+    if count > MAX_SIZES:
+        parser.error(f"the sweep visits {count} sizes, at most {MAX_SIZES}: raise -i or -f, or narrow -b to -e")
     if nranks is not None and collective in ROOTED and args.root >= nranks:
         parser.error(f"root {args.root} is out of range for {nranks} ranks (0..{nranks - 1}, or -1 for all)")
     return Options(collective=collective, minbytes=args.minbytes, maxbytes=args.maxbytes,

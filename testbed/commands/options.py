@@ -32,6 +32,7 @@ from testbed.roce.rocev2 import data_frame_bytes
 from testbed.topologies import DEFAULT_TOPOLOGY, accepted_keywords, load_topology, script_path
 
 MIN_SNAPLEN = 74  # Ethernet, IPv4, UDP, BTH and the transport header with its send timestamp
+MAX_SNAPLEN = 262_144  # tcpdump's MAXIMUM_SNAPLEN; 0 means as much
 # CLI flag -> build() keyword: the sizes and rates the topologies take, then every DCI link setting
 # (LinkConfig's fields but the rate, which --dci-bw-mbps gives); each is passed only if given, and only if the
 # topology takes it
@@ -178,15 +179,22 @@ MAX_TELEMETRY_MS = 60_000.0  # a sample a minute: any coarser and a run has no t
 def observe_from(args, topo: FabricTopo) -> Observe:
     """The --telemetry/--capture options checked against the topology before anything is built."""
     positive_finite("--telemetry-ms", args.telemetry_ms, MAX_TELEMETRY_MS)
-    if args.snaplen != 0 and args.snaplen < MIN_SNAPLEN:
-        raise UsageError(f"--snaplen {args.snaplen} cuts the RoCE headers: use at least {MIN_SNAPLEN}, "
-                         "or 0 for whole packets")
+    links = _capture_links(args, topo) if args.capture else None
+    return Observe(args.telemetry_ms / 1e3, args.telemetry_scope, args.capture, links, args.snaplen,
+                   args.capture_max_mb)
+
+
+def _capture_links(args, topo: FabricTopo) -> tuple[tuple[str, str], ...] | None:
+    """The links --capture records (None: every DCI), checked with --snaplen and --capture-max-mb only when a
+    capture is asked for: ``leaf_spine --sites 127`` without one was refused for its ring size."""
+    if not (args.snaplen == 0 or MIN_SNAPLEN <= args.snaplen <= MAX_SNAPLEN):
+        raise UsageError(f"--snaplen {args.snaplen} must be 0 (whole packets) or from {MIN_SNAPLEN} (the RoCE "
+                         f"headers) to {MAX_SNAPLEN}")
     links = None if args.capture_links == "dci" else tuple(_link_pair(topo, p) for p in args.capture_links.split(","))
     if args.capture_max_mb < RING_FILES * len(links or topo.dci_link_names()):
         raise UsageError(f"--capture-max-mb {args.capture_max_mb} leaves less than 1 MB per ring file "
                          f"({RING_FILES} files per captured link)")
-    return Observe(args.telemetry_ms / 1e3, args.telemetry_scope, args.capture, links, args.snaplen,
-                   args.capture_max_mb)
+    return links
 
 
 def _link_pair(topo: FabricTopo, spec: str) -> tuple[str, str]:
@@ -207,9 +215,14 @@ def add_algorithm_options(parser: argparse.ArgumentParser) -> None:
                       help="all_reduce within sites first, so each rank sends one shard across the DCI")
 
 
+# NCCL's own cap on nChannels (MAXCHANNELS, 32 then 64 in its device.h); each channel is a queue pair per peer
+# and direction in every rank, so --channels 1000000 would open millions of them after the build
+MAX_CHANNELS = 64
+
+
 def algorithm_from(args) -> Algorithm:
-    if args.channels < 1:
-        raise UsageError(f"--channels {args.channels} must be >= 1")
+    if not 1 <= args.channels <= MAX_CHANNELS:
+        raise UsageError(f"--channels {args.channels} must be from 1 to {MAX_CHANNELS}")
     try:
         chunk = nccl_tests.parsesize(args.chunk)
     except ValueError as error:
@@ -246,22 +259,21 @@ def rerun_in_microvm_if_needed(args, argv: list[str], out: Path, positional: str
     """Root is required; where this kernel cannot emulate links, re-run the same command line in a microVM
     (the topology as an absolute ``--topology``, ``positional`` -- a topology given as ``run``'s argument --
     left out, results in ``out``), draw its report here, and return its exit status; None when the command
-    should go on here.  An ``interactive`` command is refused there: the VM's console does not carry a
-    terminal's input through."""
+    should go on here.  An ``interactive`` command (``--cli``) needs a terminal, and in the VM runs on its
+    console, joined to ours."""
     require_root()
+    if interactive and not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise UsageError("--cli needs a terminal: standard input or output is not one")
     reason = microvm.needed()
     if reason is None:
         return None
-    if interactive:
-        raise UsageError(f"--cli needs a kernel that emulates links itself ({reason}): use a full kernel, "
-                         "e.g. the Vagrant VM")
     rest = list(argv)
     if positional is not None:
         rest.remove(positional)
     topology = args.topology or DEFAULT_TOPOLOGY
     topology = str(script_path(topology).resolve()) if topology.endswith(".py") else topology
     inner = python_module("testbed", *rest, "--topology", topology, "--out", str(out))
-    status = microvm.run(inner, rwdirs=[out], reason=reason)
+    status = microvm.run(inner, rwdirs=[out], reason=reason, console=interactive)
     if (out / "params.json").exists():
         report.say_report(out)  # drawn here: see report.render
     return status

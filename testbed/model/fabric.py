@@ -14,6 +14,12 @@ from testbed.model.units import bdp_bytes, frame_bytes, propagation_delay_ms
 IFNAMSIZ = 15  # longest Linux interface name
 NAME_RE = re.compile(r"^[a-z][a-z0-9]*$")
 MAX_SITES = 254  # one 10.<site>.0.0/16 per site
+# links (veth pairs, each with two qdisc trees) a fabric may have: a Mininet veth pair took 0.81 MB of kernel
+# and shell memory (435 links between 30 nodes: 354 MB, measured natively), so 1,000 take ~0.8 GB of the
+# microVM's default 3 GB (TESTBED_VM_MEMORY) and leave the rest to the CLI and the rank processes; building
+# costs 1-1.5 s per node under TCG, ~20 min for such a fabric.  A connected fabric has at most one node
+# (namespace) more than it has links, and each site's /16 holds 16,384 /30s, far more than this.
+MAX_LINKS = 1000
 DEFAULT_MTU = 9000  # RoCE fabrics run jumbo frames
 DEFAULT_DCI_BW_MBPS = 50.0
 
@@ -126,7 +132,14 @@ class Site:
             "border": [f"{self.name}b"],
         }
 
-    def check(self) -> None:
+    def links(self) -> int:
+        """Links inside the site: one per host, every leaf to every spine, every spine to the border."""
+        return self.hosts + self.leaves * self.spines + self.spines
+
+    def check(self, dcis: int = 0) -> None:
+        """Raise TopologyError naming the first bad field; ``dcis`` is how many DCI links end at the border.
+        The counts are checked as numbers, before any per-node list exists (``--hosts 10000000`` once took
+        884 MB and 5 s to be refused)."""
         where = f"site {self.name!r}"
         if not isinstance(self.name, str) or not NAME_RE.match(self.name):
             raise TopologyError(f"{where}: name must be lower-case letters and digits, starting with a letter")
@@ -134,12 +147,53 @@ class Site:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise TopologyError(f"{where}: {name} {value!r} must be a whole number >= 1")
-        longest = max(len(n) for names in self.node_names().values() for n in names)
-        ports = max(self.hosts, self.leaves, self.spines) + 1
-        if longest + len(f"-eth{ports}") > IFNAMSIZ:
-            raise TopologyError(f"{where}: name too long, interface names would exceed {IFNAMSIZ} characters")
+            if value > MAX_LINKS:
+                raise TopologyError(f"{where}: {name} {value} must be at most {MAX_LINKS} (a fabric holds at most "
+                                    f"{MAX_LINKS} links)")
+        mesh = self.links() - self.hosts
+        if mesh >= MAX_LINKS:
+            raise TopologyError(f"{where}: leaves {self.leaves} x spines {self.spines} make {mesh} leaf, spine and "
+                                f"border links, and a fabric holds at most {MAX_LINKS}")
+        if self.links() > MAX_LINKS:
+            raise TopologyError(f"{where}: hosts {self.hosts} must be at most {MAX_LINKS - mesh} (with its {mesh} "
+                                f"leaf, spine and border links, a fabric holds at most {MAX_LINKS} links)")
+        self._check_interface_names(where, dcis)
         self.host_link.check(f"{where} host_link")
         self.fabric_link.check(f"{where} fabric_link")
+
+    def longest_interface(self, dcis: int = 0) -> str:
+        """The longest interface name the site's nodes get (Mininet's ``<node>-eth<port>``, ports from 0): a
+        host's one port, a leaf's to its hosts then the spines, a spine's to the leaves then the border, the
+        border's to the spines then the DCIs."""
+        per_leaf = -(-self.hosts // self.leaves)
+        return max((f"{self.name}h{self.hosts}-eth0", f"{self.name}l{self.leaves}-eth{per_leaf + self.spines - 1}",
+                    f"{self.name}s{self.spines}-eth{self.leaves}", f"{self.name}b-eth{self.spines + dcis - 1}"),
+                   key=len)
+
+    def _fits(self, dcis: int, **counts) -> bool:
+        return len(replace(self, **counts).longest_interface(dcis)) <= IFNAMSIZ
+
+    def _largest_fitting(self, name: str, dcis: int) -> int:
+        """The largest value of count ``name`` (the others as they are) whose names fit; 1 must fit."""
+        low, high = 1, getattr(self, name)  # fits at low, not at high
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (middle, high) if self._fits(dcis, **{name: middle}) else (low, middle)
+        return low
+
+    def _check_interface_names(self, where: str, dcis: int) -> None:
+        """Blame the count that needs the smallest cut for every name to fit, and give its largest value that
+        fits; the site's name when no count alone can."""
+        longest = self.longest_interface(dcis)
+        if len(longest) <= IFNAMSIZ:
+            return
+        bounds = {name: self._largest_fitting(name, dcis) for name in ("hosts", "leaves", "spines")
+                  if self._fits(dcis, **{name: 1})}
+        if not bounds:
+            raise TopologyError(f"{where}: name too long: interface {longest} would exceed {IFNAMSIZ} characters")
+        name = max(bounds, key=lambda n: bounds[n] / getattr(self, n))
+        raise TopologyError(f"{where}: {name} {getattr(self, name)} must be at most {bounds[name]}: interface "
+                            f"{longest} would exceed {IFNAMSIZ} characters")
 
 
 @dataclass(frozen=True)
@@ -212,14 +266,17 @@ class Fabric:
             raise TopologyError("fabric: no sites declared")
         if len(self.sites) > MAX_SITES:
             raise TopologyError(f"fabric: {len(self.sites)} sites, at most {MAX_SITES} are supported")
+        if len(self.dci_links) > MAX_LINKS:
+            raise TopologyError(f"fabric: {len(self.dci_links)} DCI links, at most {MAX_LINKS} links in all")
         if isinstance(self.mtu, bool) or not isinstance(self.mtu, int) or not 1280 <= self.mtu <= 9000:
             raise TopologyError(f"fabric: mtu {self.mtu!r} must be a whole number from 1280 to 9000")
         seen: set[str] = set()
         for site in self.sites:
             if site.name in seen:
                 raise TopologyError(f"site {site.name!r}: duplicate site name")
-            site.check()
+            site.check(sum(site.name in (d.a, d.b) for d in self.dci_links))
             seen.add(site.name)
+        self._check_size()
         pairs: set[frozenset] = set()
         for dci in self.dci_links:
             dci.check(seen)
@@ -227,7 +284,24 @@ class Fabric:
             if pair in pairs:
                 raise TopologyError(f"dci {dci.name}: duplicate link between {dci.a!r} and {dci.b!r}")
             pairs.add(pair)
+        self._check_resolved()
         self._check_connected()
+
+    def _check_resolved(self) -> None:
+        """Every link again with its derived buffer and thresholds: a threshold given alone can pass the ones
+        derived for the rest (``ecn_kmax_bytes`` above the derived buffer), which RED's encoder refuses."""
+        links = [(f"site {site.name!r} {kind}", getattr(site, kind))
+                 for site in self.sites for kind in ("host_link", "fabric_link")]
+        for where, config in [*links, *((f"dci {d.name}", d.link_config()) for d in self.dci_links)]:
+            config.resolved(self.mtu).check(where)
+
+    def _check_size(self) -> None:
+        """At most MAX_LINKS links in all, the message naming what they are made of (hosts, sites, DCIs)."""
+        hosts = sum(s.hosts for s in self.sites)
+        total = sum(s.links() for s in self.sites) + len(self.dci_links)
+        if total > MAX_LINKS:
+            raise TopologyError(f"fabric: {len(self.sites)} sites with {hosts} hosts in all and {len(self.dci_links)} "
+                                f"DCI links make {total} links, at most {MAX_LINKS}")
 
     def _check_connected(self) -> None:
         names = [s.name for s in self.sites]

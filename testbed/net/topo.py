@@ -16,7 +16,16 @@ import math
 from mininet.node import Host, Node
 from mininet.topo import Topo
 
-from testbed.model.fabric import DEFAULT_DCI_BW_MBPS, DciLink, Fabric, LinkConfig, Site, TopologyError
+from testbed.model.fabric import (
+    DEFAULT_DCI_BW_MBPS,
+    MAX_LINKS,
+    MAX_SITES,
+    DciLink,
+    Fabric,
+    LinkConfig,
+    Site,
+    TopologyError,
+)
 
 DCI_POOL = "10.255.0.0/16"
 
@@ -79,7 +88,10 @@ class FabricTopo(Topo):
 
     def addSite(self, name: str, hosts: int = 4, leaves: int = 2, spines: int = 1,
                 host_bw_mbps: float = 100.0, fabric_bw_mbps: float = 100.0, **link) -> str:
-        """Declare a site; ``link`` holds further LinkConfig fields for its intra-site links."""
+        """Declare a site; ``link`` holds further LinkConfig fields for its intra-site links.  Refused as soon as
+        there are too many, so a script looping over a huge count stops before it has allocated them."""
+        if len(self.fabric.sites) >= MAX_SITES:
+            raise TopologyError(f"fabric: sites must be at most {MAX_SITES} (one 10.<site>.0.0/16 each)")
         self.fabric.sites.append(Site(
             name=name, hosts=hosts, leaves=leaves, spines=spines,
             host_link=LinkConfig(bw_mbps=host_bw_mbps, **link),
@@ -91,6 +103,8 @@ class FabricTopo(Topo):
                delay_ms: float | None = None, **link) -> DciLink:
         """Declare a DCI link between the border switches of sites ``a`` and ``b``; ``delay_ms`` overrides the
         distance's delay, ``link`` holds further LinkConfig fields (jitter, loss, buffer, thresholds...)."""
+        if len(self.fabric.dci_links) >= MAX_LINKS:
+            raise TopologyError(f"fabric: DCI links must be at most {MAX_LINKS}, the links a fabric holds")
         dci = DciLink(a=a, b=b, distance_km=distance_km, config=LinkConfig(bw_mbps=bw_mbps, **link),
                       delay_ms=delay_ms)
         self.fabric.dci_links.append(dci)

@@ -43,7 +43,7 @@ def run_cli(*args):
     (["run", "--distance-km", "10000", "--dci-bw-mbps", "400000"], "buffer_bytes 5000000000 exceeds RED's u32"),
     (["run", "--distance-km", "3000", "--dilation", "20000"], "delay_ms 15 x dilation 20000 is beyond netem's"),
     (["run", "--dci-bw-mbps", "1e-9"], "bw_mbps 1e-09 is below one byte per second"),
-    (["perf", "all_reduce", "--channels", "0"], "--channels 0 must be >= 1"),
+    (["perf", "all_reduce", "--channels", "0"], "--channels 0 must be from 1 to 64"),
     (["perf", "all_reduce", "--chunk", "lots"], "--chunk 'lots'"),
     (["perf", "all_reduce", "-d", "complex"], "argument -d/--datatype"),
     (["perf", "broadcast", "-r", "8"], "root"),
@@ -57,11 +57,20 @@ def run_cli(*args):
     (["compare", "-b", "8M", "-e", "1M"], "invalid sizes for 'minbytes' and 'maxbytes'"),
     (["perf", "all_reduce", "--telemetry-ms", "0"], "--telemetry-ms 0 must be > 0"),
     (["perf", "all_reduce", "--telemetry-scope", "some"], "argument --telemetry-scope: invalid choice: 'some'"),
-    (["compare", "--capture", "--snaplen", "40"], "--snaplen 40 cuts the RoCE headers: use at least 74"),
+    (["compare", "--capture", "--snaplen", "40"], "--snaplen 40 must be 0 (whole packets) or from 74"),
     (["run", "--capture", "--capture-links", "westb-nowhere"], "--capture-links: 'westb-nowhere' is not a link"),
     (["perf", "all_reduce", "--capture", "--capture-max-mb", "4"], "--capture-max-mb 4 leaves less than 1 MB"),
     (["analyze", "/nonexistent/results"], "results directory /nonexistent/results does not exist"),
     (["analyze", "/tmp", "--bin-ms", "0"], "--bin-ms 0 must be > 0"),
+    (["run", "--hosts", "10000000"], "site 'west': hosts 10000000 must be at most 1000"),
+    (["run", "three_sites", "--hosts", "1000"], "site 'west': hosts 1000 must be at most 998"),
+    (["run", "leaf_spine", "--sites", "127"], "fabric: 127 sites with 508 hosts in all and 126 DCI links make 1396 "
+                                              "links, at most 1000"),
+    (["run", "leaf_spine", "--param", "sites=100000000"], "fabric: sites must be at most 254"),
+    (["perf", "all_reduce", "-b", "1", "-e", "1G", "-f", "1", "-i", "1"], "the sweep visits 1073741824 sizes, at most"),
+    (["perf", "all_reduce", "--channels", "1000000"], "--channels 1000000 must be from 1 to 64"),
+    (["perf", "all_reduce", "-e", "1e400"], "invalid size '1e400': must be a finite number of bytes"),
+    (["run", "--capture", "--snaplen", "1000000"], "--snaplen 1000000 must be 0 (whole packets) or from 74"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message):
     records_before = set(cleanup.RUN_DIR.glob("*.json")) if cleanup.RUN_DIR.is_dir() else set()

@@ -4,8 +4,9 @@ import re
 
 import pytest
 
-from testbed.model.fabric import DciLink, Fabric, LinkConfig, Site, TopologyError
+from testbed.model.fabric import IFNAMSIZ, DciLink, Fabric, LinkConfig, Site, TopologyError
 from testbed.model.units import bdp_bytes, frame_bytes, propagation_delay_ms, tcp_goodput_mbps
+from testbed.topologies import load_topology
 
 
 def test_propagation_delay_is_five_microseconds_per_km():
@@ -115,6 +116,43 @@ def test_structural_errors():
     for message, fabric in cases.items():
         with pytest.raises(TopologyError, match=message):
             fabric.validate()
+
+
+@pytest.mark.parametrize("fabric, message", [
+    (Fabric(sites=[Site("west", hosts=10**18)]), "site 'west': hosts 1000000000000000000 must be at most 1000"),
+    (Fabric(sites=[Site("west", leaves=40, spines=40)]), "leaves 40 x spines 40 make 1640 leaf, spine and"),
+    (Fabric(sites=[Site("west", hosts=991, leaves=4, spines=2)]), "hosts 991 must be at most 990"),  # 10 others
+    (Fabric(sites=[Site("abcdefgh", hosts=10, leaves=1)]),
+     "site 'abcdefgh': hosts 10 must be at most 9: interface abcdefghh10-eth0 would exceed 15"),
+    (Fabric(sites=[Site("abcdefg", hosts=2, leaves=1, spines=99)]),
+     "site 'abcdefg': spines 99 must be at most 98: interface abcdefgl1-eth100 would exceed 15"),
+    (Fabric(sites=[Site(f"s{i}", hosts=300) for i in range(4)],
+            dci_links=[DciLink(f"s{i}", f"s{i + 1}", 10) for i in range(3)]),
+     "fabric: 4 sites with 1200 hosts in all and 3 DCI links make 1215 links, at most 1000"),
+])
+def test_counts_are_refused_by_their_bound_before_any_node_is_named(fabric, message):
+    with pytest.raises(TopologyError, match=re.escape(message)):
+        fabric.validate()
+
+
+def test_every_interface_name_the_check_allows_fits_and_the_longest_is_what_mininet_names():
+    """The longest name the check computes from the counts is one Mininet gives, and it fits IFNAMSIZ."""
+    topo = load_topology("leaf_spine")(sites=2, hosts=99, leaves=9, spines=9)
+    names = {f"{node}-eth{port}" for node, ports in topo.ports.items() for port in ports}
+    longest = max(names, key=len)
+    site = topo.fabric.sites[0]
+    assert len(site.longest_interface(dcis=1)) == len(longest) <= IFNAMSIZ
+    assert site.longest_interface(dcis=1) in names
+
+
+@pytest.mark.parametrize("dci, message", [
+    ({"ecn_kmax_bytes": 576_897}, "ecn_kmax_bytes 576897 exceeds buffer_bytes 576896"),  # the derived buffer
+    ({"ecn_kmin_bytes": 72_112}, "ecn_kmin_bytes 72112 must be below ecn_kmax_bytes 72112"),  # the derived Kmax
+])
+def test_a_threshold_given_alone_is_checked_against_the_derived_ones(dci, message):
+    """Found by tests/unit/test_properties.py: RED's encoder refused these after the model had accepted them."""
+    with pytest.raises(TopologyError, match=re.escape(f"dci west-east: {message}")):
+        load_topology("two_sites")(**dci)
 
 
 def test_reorder_needs_delay():
