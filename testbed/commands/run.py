@@ -8,6 +8,7 @@ from pathlib import Path
 
 from testbed.collective import nccl_tests
 from testbed.collective.schedules.model import Algorithm
+from testbed.commands.fabric_cli import FabricCLI
 from testbed.commands.options import (
     UsageError,
     add_observe_options,
@@ -102,8 +103,18 @@ def run_checks(topo: FabricTopo, args, out: Path, dilation: float) -> int:
         frame = nccl_tests.to_frame(sweep).assign(mode="") if sweep else None
         write_report(out, f"testbed run {args.topology}", args.argv, params, lines, frame, tables)
         if args.cli:
-            tb.cli()
-    off = [r for rows in results.values() for r in rows if not r["ok"]]
+            tb.cli(lambda: FabricCLI(tb, out))
+    return checks_status(results)
+
+
+def checks_status(results: dict[str, list[dict]]) -> int:
+    """1 if any check failed; a check not measurable here (``ok`` None: the probe, not the network, fell short)
+    is said, never counted."""
+    off = [r for rows in results.values() for r in rows if r["ok"] is False]
+    unmeasured = [r for rows in results.values() for r in rows if r["ok"] is None]
+    if unmeasured:
+        print(f"testbed: {len(unmeasured)} check(s) not measurable on this host (see under the tables above)",
+              file=sys.stderr)
     if off:
         print(f"testbed: {len(off)} check(s) outside tolerance (see the tables above)", file=sys.stderr)
     return 1 if off else 0

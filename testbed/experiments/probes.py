@@ -54,18 +54,20 @@ def ping(src, dst, count: int = 50, interval_s: float = 0.02, dilation: float = 
 
 
 def iperf_udp(src, dst, mbps: float, seconds: float, length: int, tos: int = 0, dilation: float = 1.0,
-              timeout_s: float = 30.0) -> dict:
+              timeout_s: float = 30.0, interval_s: float = INTERVAL_S) -> dict:
     """iperf3 UDP from ``src`` to ``dst`` at declared ``mbps`` for ``seconds`` (wall) with ``length``-byte
     datagrams and IP TOS ``tos``; ``timeout_s`` beyond ``seconds`` for the tools to finish.
 
     Returns what the receiver counted: bits_per_second (declared), bytes, packets (by sequence number, so
     lost ones included), lost_packets, lost_percent, out_of_order, and steady_bps (declared): the median
-    rate of the receiver's ``INTERVAL_S`` intervals that traffic filled from end to end.  iperf3's own
+    rate of the receiver's ``interval_s`` intervals that traffic filled from end to end, ``readings`` of
+    them (0: steady_bps is ``bits_per_second``).  And what the sender did: sent_bps (declared; below the
+    rate asked when it could not keep up) and sender_cpu_pct, iperf3's own CPU time over its wall time.  iperf3's own
     average runs from the test's start to its end as the control connection signals them, which a long
     (dilated) path shifts against the packets: a 1 s probe across a 1.5 s round trip reported 40 % of the
     rate.  The steady intervals see only the bottleneck (``bits_per_second`` when fewer than one is full).
     """
-    server = dst.popen(["iperf3", "-s", "-1", "-J", "-p", str(IPERF_PORT), "-i", str(INTERVAL_S)])
+    server = dst.popen(["iperf3", "-s", "-1", "-J", "-p", str(IPERF_PORT), "-i", f"{interval_s:.6g}"])
     try:
         _wait_listening(dst, IPERF_PORT)
         client = json.loads(src.popen(
@@ -83,9 +85,12 @@ def iperf_udp(src, dst, mbps: float, seconds: float, length: int, tos: int = 0, 
     filled = [interval["sum"]["bits_per_second"] for interval in report.get("intervals", [])
               if interval["sum"]["bytes"] > 0][1:-1]  # the first and the last are cut by the traffic's edges
     steady = statistics.median(filled) if filled else received["bits_per_second"]
+    sent = client["end"]
     return {"bits_per_second": received["bits_per_second"] * dilation, "bytes": received["bytes"],
             "packets": udp["packets"], "lost_packets": udp["lost_packets"], "lost_percent": received["lost_percent"],
-            "out_of_order": udp.get("out_of_order", 0), "steady_bps": steady * dilation}
+            "out_of_order": udp.get("out_of_order", 0), "steady_bps": steady * dilation, "readings": len(filled),
+            "sent_bps": sent["sum_sent"]["bits_per_second"] * dilation,
+            "sender_cpu_pct": sent["cpu_utilization_percent"]["host_total"]}
 
 
 def _wait_listening(node, port: int, timeout_s: float = 15.0) -> None:

@@ -45,16 +45,19 @@ CHECKS = (("dci_rate", "DCI rate while backlogged, of its set rate", MIN_DCI_RAT
 
 @dataclass
 class Verdict:
-    """One mode's fidelity: each measurement's value (None: nothing to measure), and what they add up to."""
+    """One mode's fidelity: each measurement's value (None: nothing to measure), and what they add up to.
+    ``checks`` are ``CHECKS`` for a run; a probe holds itself against its own (``testbed.experiments.checks``),
+    each a ratio that scales about as 1 / k, so ``needed_dilation`` reads the same way."""
 
     mode: str
     dilation: float
     values: dict[str, float | None] = field(default_factory=dict)
+    checks: tuple[tuple[str, str, float, bool], ...] = CHECKS
 
     @property
     def broken(self) -> list[tuple[str, str, float, float, bool]]:
-        """The checks whose bound the run broke, in ``CHECKS`` order, with their values."""
-        return [(name, label, self.values[name], bound, upper) for name, label, bound, upper in CHECKS
+        """The checks whose bound the run broke, in ``checks`` order, with their values."""
+        return [(name, label, self.values[name], bound, upper) for name, label, bound, upper in self.checks
                 if self.values.get(name) is not None
                 and (self.values[name] > bound if upper else self.values[name] < bound)]
 
@@ -72,7 +75,8 @@ class Verdict:
     @property
     def needed_dilation(self) -> float:
         """The k that would have kept every bound (this k if none was broken)."""
-        factors = [value / bound if upper else bound / value for _, _, value, bound, upper in self.broken]
+        factors = [value / bound if upper else bound / value if value > 0 else float("inf")
+                   for _, _, value, bound, upper in self.broken]
         return self.dilation * max([1.0, *factors])
 
     @property

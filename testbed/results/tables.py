@@ -6,8 +6,13 @@ from rich.table import Table
 from testbed.results.console import compact_table
 
 
-def _verdict(ok: bool) -> str:
-    return "[green]ok[/]" if ok else "[red]OFF[/]"
+def _verdict(ok: bool | None) -> str:
+    """ok, OFF, or (None) not measurable here: the probe could not drive what it checks on this host."""
+    return "[yellow]not measurable[/]" if ok is None else "[green]ok[/]" if ok else "[red]OFF[/]"
+
+
+def _mbps(value: float) -> str:
+    return "-" if pd.isna(value) else f"{value:.2f}"
 
 
 def rtt_table(rows: list[dict]) -> Table:
@@ -22,12 +27,16 @@ def rtt_table(rows: list[dict]) -> Table:
 
 
 def rate_table(rows: list[dict]) -> Table:
+    """The rate checks; under the table, why each one not measurable here was not (``RateCheck.verdict``)."""
     table = compact_table("DCI rate, Mbit/s (iperf3 UDP goodput at 1.2x offered load)",
                           ("dci", "path", "link", "expected", "measured", "error", "reordered", ""))
     for r in rows:
+        error = "-" if pd.isna(r["error_pct"]) else f"{r['error_pct']:+.1f} %"
         table.add_row(r["dci"], f"{r['src']}->{r['dst']}", f"{r['configured_mbps']:g}",
-                      f"{r['expected_mbps']:.2f}", f"{r['measured_mbps']:.2f}", f"{r['error_pct']:+.1f} %",
+                      _mbps(r["expected_mbps"]), _mbps(r["measured_mbps"]), error,
                       str(r["out_of_order"]), _verdict(r["ok"]))
+    table.caption = "\n".join(f"{r['dci']}: {r['verdict']}" for r in rows if r["ok"] is None) or None
+    table.caption_justify = "left"
     return table
 
 
