@@ -179,8 +179,12 @@ def _kill_vm(vm: dict, swept: Swept) -> None:
     if leader is not None and leader != vm.get("start_ticks"):
         swept.notes.append(f"pid {vm['pid']} is no longer the VM (started at another time): left alone")
         return
-    members = [pid for pid, _ in _processes() if _pgid(pid) == vm["pid"]]
-    swept.processes += _signal(members)
+    swept.processes += _signal(group_members(vm["pid"]))
+
+
+def group_members(pgid: int) -> list[int]:
+    """The processes of process group ``pgid``."""
+    return [pid for pid, _ in _processes() if _pgid(pid) == pgid]
 
 
 def shell_pids(nodes: set[str], run: str | None) -> list[int]:

@@ -64,9 +64,14 @@ SOCKET_BUFFER_MAX = 16 << 20
 MALLOC = {"MALLOC_MMAP_THRESHOLD_": 8 << 20, "MALLOC_TRIM_THRESHOLD_": 64 << 20}
 
 
-def command(argv: list[str], rwdirs: list[Path], cwd: Path) -> list[str]:
+def command(argv: list[str], rwdirs: list[Path], cwd: Path, console: Path | None = None) -> list[str]:
     """The vng command line that runs ``argv`` inside the VM with a sane environment (see ``environment``),
-    the boot options above and the socket buffer cap raised."""
+    the boot options above and the socket buffer cap raised.
+
+    With ``console`` (a directory of the VM's own), ``argv`` runs instead as the shell of the VM's console: a
+    terminal (ttyS0) that qemu joins to ours, raw, so line editing, Ctrl-C and Ctrl-D act inside the VM as
+    on a terminal of its own (Mininet's CLI needs that); its exit status is left in ``console``/status.
+    """
     vng = shutil.which("vng") or str(Path(sys.executable).parent / "vng")
     if not Path(vng).exists():
         raise MicroVmError("virtme-ng (vng) is not installed: run scripts/provision.sh")
@@ -74,12 +79,33 @@ def command(argv: list[str], rwdirs: list[Path], cwd: Path) -> list[str]:
     inner = (f"export {exports} && sysctl -qw net.core.rmem_max={SOCKET_BUFFER_MAX} "
              f"net.core.wmem_max={SOCKET_BUFFER_MAX} && {shlex.join(argv)}")
     cmd = [vng, "-r", str(kernel_image()), "--memory", os.environ.get("TESTBED_VM_MEMORY", "3G"),
-           "--cpus", str(os.cpu_count() or 1), "--cwd", str(cwd), "--append", BOOT_OPTIONS, "--exec", inner]
+           "--cpus", str(os.cpu_count() or 1), "--cwd", str(cwd), "--append", BOOT_OPTIONS]
+    if console is None:
+        cmd += ["--exec", inner]
+    else:  # no monitor on the console: Ctrl-A is the user's (start of line), not qemu's
+        cmd += ["--disable-monitor", "--shell", str(_console_shell(console, inner, cwd))]
+        rwdirs = [*rwdirs, console]
     if accel() == "tcg":
         cmd.insert(1, "--disable-kvm")
     for directory in rwdirs:
         cmd[1:1] = ["--rwdir", str(directory)]
     return cmd
+
+
+def _console_shell(console: Path, inner: str, cwd: Path) -> Path:
+    """The script the VM's console runs as its shell: ``inner`` in ``cwd``, its status written down."""
+    script = console / "console.sh"
+    script.write_text(f"#!/bin/sh\ncd {shlex.quote(str(cwd))}\n{inner}\necho $? > {shlex.quote(str(console))}/status\n")
+    script.chmod(0o755)
+    return script
+
+
+def console_status(vm: "MicroVm") -> int:
+    """The exit status the console's command left (1 if it left none: the VM ended before it did)."""
+    try:
+        return int((vm.temp_dir / "status").read_text())
+    except (OSError, ValueError):
+        return 1
 
 
 def environment() -> dict[str, str]:
@@ -130,8 +156,8 @@ class MicroVm(subprocess.Popen):
     directory of the VM's own (TMPDIR), which goes with it.
     """
 
-    def __init__(self, cmd: list[str], env: dict[str, str], **kwargs):
-        self.temp_dir = Path(tempfile.mkdtemp(prefix="testbed-vm-"))
+    def __init__(self, cmd: list[str], env: dict[str, str], temp_dir: Path, **kwargs):
+        self.temp_dir = temp_dir
         read_end, self._pipe = os.pipe()
         self._watchdog = subprocess.Popen(["sh", "-c", WATCHDOG, "testbed-vm-watchdog", str(self.temp_dir)],
                                           stdin=read_end, start_new_session=True)
@@ -149,8 +175,10 @@ class MicroVm(subprocess.Popen):
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
-def start(argv: list[str], rwdirs: list[Path], interactive: bool = False, cwd: Path | None = None) -> MicroVm:
-    """Boot the VM running ``argv`` in ``cwd`` (default: ours); its output is piped unless ``interactive``.
+def start(argv: list[str], rwdirs: list[Path], interactive: bool = False, cwd: Path | None = None,
+          console: bool = False) -> MicroVm:
+    """Boot the VM running ``argv`` in ``cwd`` (default: ours); its output is piped unless ``interactive``;
+    with ``console``, on the VM's console, joined to our terminal (``command``).
 
     The VM is its own process group (so it can be killed whole), dies with this process, and is recorded for
     ``testbed clean``.
@@ -158,8 +186,10 @@ def start(argv: list[str], rwdirs: list[Path], interactive: bool = False, cwd: P
     for directory in rwdirs:
         directory.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', SANE_PATH)}")
-    quiet = {} if interactive else {"stdin": subprocess.DEVNULL, "stdout": subprocess.PIPE, "stderr": subprocess.STDOUT}
-    vm = MicroVm(command(argv, rwdirs, cwd or Path.cwd()), env, **quiet)
+    quiet = {} if interactive or console else {"stdin": subprocess.DEVNULL, "stdout": subprocess.PIPE,
+                                                "stderr": subprocess.STDOUT}
+    temp_dir = Path(tempfile.mkdtemp(prefix="testbed-vm-"))
+    vm = MicroVm(command(argv, rwdirs, cwd or Path.cwd(), temp_dir if console else None), env, temp_dir, **quiet)
     cleanup.record([], vm_pid=vm.pid, temp_dir=vm.temp_dir)
     return vm
 
@@ -178,18 +208,20 @@ def describe(reason: str) -> str:
     return f"{reason}; running inside a microVM ({kernel_image().name}, {accel().upper()}, ~20 s to boot)"
 
 
-def run(argv: list[str], rwdirs: list[Path], reason: str) -> int:
-    """Run ``argv`` in the VM, stream its output, return its exit status; Ctrl-C, SIGTERM or SIGHUP stop the VM
-    (status 130)."""
+def run(argv: list[str], rwdirs: list[Path], reason: str, console: bool = False) -> int:
+    """Run ``argv`` in the VM (on its console, joined to our terminal, if ``console``), stream its output,
+    return its exit status; SIGTERM or SIGHUP (and Ctrl-C, except on the console, where it is the VM's) stop
+    the VM (status 130)."""
     print(f"testbed: {describe(reason)}", flush=True)
     interrupts = InterruptGuard()  # SIGTERM and SIGHUP too: the VM is stopped, not left to its watchdog
     interrupts.install()
     vm = None
     try:
-        vm = start(argv, rwdirs, interactive=sys.stdin.isatty() and sys.stdout.isatty())
+        vm = start(argv, rwdirs, interactive=sys.stdin.isatty() and sys.stdout.isatty(), console=console)
         if vm.stdout is not None:
             relay(vm.stdout, sys.stdout.buffer)
-        return vm.wait()
+        status = vm.wait()
+        return console_status(vm) if console else status
     except KeyboardInterrupt:
         interrupts.restore()  # handled: disarmed before the Interrupt is dropped, or it would be sent again
         return 130

@@ -22,7 +22,7 @@ import os
 from collections.abc import Callable
 from functools import partial
 
-from mininet.log import setLogLevel
+from mininet.log import lg, setLogLevel
 from mininet.net import Mininet
 
 from testbed.model.dilation import check as check_dilation
@@ -139,13 +139,21 @@ class Testbed:
                 self._record = None
             self._interrupts.restore()
 
-    def cli(self) -> None:
-        """Mininet's CLI on this fabric.  It catches Ctrl-C itself, to stop the command it runs, so a Ctrl-C
-        it handled is not sent again."""
+    def cli(self, open_cli: Callable[[], object] | None = None) -> None:
+        """Mininet's CLI on this fabric (or ``open_cli()``, one that extends it).  It catches Ctrl-C itself, to
+        stop the command it runs, so a Ctrl-C it handled is not sent again.  The CLI prints what a node's
+        command says at Mininet's "output" log level, which a quiet fabric (``log_level`` "warning") would
+        swallow: a ping printed nothing at all."""
         from mininet.cli import CLI
 
-        with self._interrupts.suspended():
-            CLI(self.net)
+        level = lg.getEffectiveLevel()
+        lg.setLogLevel("output")
+        try:
+            with self._interrupts.suspended():
+                (open_cli or (lambda: CLI(self.net)))()
+        finally:
+            for logger in (lg, *lg.handlers):
+                logger.setLevel(level)
 
     # -- access ------------------------------------------------------------------------------------------
 

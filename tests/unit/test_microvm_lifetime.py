@@ -21,7 +21,7 @@ OWNER = """
 import sys
 from testbed.net import microvm
 grandchild = "import subprocess, time; subprocess.Popen(['sleep', '600']); print('up', flush=True); time.sleep(600)"
-microvm.command = lambda argv, rwdirs, cwd: [sys.executable, "-c", grandchild]
+microvm.command = lambda argv, rwdirs, cwd, console=None: [sys.executable, "-c", grandchild]
 microvm.describe = lambda reason: reason
 sys.exit(microvm.run(["unused"], [], "stand-in VM"))
 """
@@ -35,28 +35,17 @@ def start_owner(run_dir: Path) -> tuple[subprocess.Popen, dict]:
     return owner, cleanup.read(run_dir / f"{owner.pid}.json")
 
 
-def group_members(pgid: int) -> list[int]:
-    members = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and os.getpgid(int(entry.name)) == pgid:
-                members.append(int(entry.name))
-        except ProcessLookupError:
-            continue
-    return members
-
-
 def wait_until_gone(pgid: int, timeout_s: float = 10) -> list[int]:
     deadline = time.monotonic() + timeout_s
-    while group_members(pgid) and time.monotonic() < deadline:
+    while cleanup.group_members(pgid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    return group_members(pgid)
+    return cleanup.group_members(pgid)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
 def test_a_signalled_testbed_stops_its_vm(tmp_path, signum):
     owner, record = start_owner(tmp_path)
-    assert len(group_members(record["vm"]["pid"])) == 2 and Path(record["temp_dir"]).is_dir()
+    assert len(cleanup.group_members(record["vm"]["pid"])) == 2 and Path(record["temp_dir"]).is_dir()
     owner.send_signal(signum)
     assert owner.wait(timeout=30) == 130
     assert wait_until_gone(record["vm"]["pid"]) == []

@@ -1,0 +1,71 @@
+"""``testbed run --cli`` on a terminal, as a user drives it: through the microVM where this kernel cannot
+emulate links (the VM's console joined to the terminal), natively where it can.
+
+Driven through a pseudo-terminal (pexpect): Mininet's verbs and the testbed's, a live delay change that the
+RTT follows, Ctrl-C that stops a command and not the session, exit, and nothing left behind.
+"""
+
+import os
+import re
+import sys
+from pathlib import Path
+
+import pexpect
+
+from testbed.net import cleanup
+
+K = 10  # a fixed dilation keeps the run's checks off the CPU's limit (see tests/kernel/test_cleanup.py)
+PROMPT = "mininet> "
+RTT = re.compile(r"rtt min/avg/max/mdev = [\d.]+/([\d.]+)/")
+
+
+def ping_ms(session: pexpect.spawn) -> float:
+    """Average RTT of a ping across the DCI, in declared ms (ping measures the dilated fabric)."""
+    session.sendline("westh1 ping -c 4 -i 0.2 easth1")
+    session.expect(RTT, timeout=120)
+    rtt = float(session.match.group(1))
+    session.expect(PROMPT, timeout=60)
+    return rtt / K
+
+
+def test_cli_session_on_a_terminal(tmp_path):
+    session = pexpect.spawn(sys.executable, ["-m", "testbed", "run", "two_sites", "--hosts", "1", "--distance-km",
+                                             "10", "--dilation", str(K), "--seconds", "1", "--sweep", "", "--cli",
+                                             "--out", str(tmp_path)],
+                            env=dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}"),
+                            encoding="utf-8", codec_errors="replace", timeout=900, dimensions=(50, 160))
+    session.logfile_read = open(tmp_path.parent / f"{tmp_path.name}-session.log", "w")
+    try:
+        session.expect(PROMPT)
+        record = cleanup.read(cleanup.record_path(session.pid))
+        before = ping_ms(session)
+        assert 0.05 * 2 <= before < 5, before  # 10 km: 0.1 ms of fibre each way and back, plus the stack
+        session.sendline("dci")
+        session.expect(r"west-east.+westb.+eastb", timeout=60)
+        session.expect(PROMPT, timeout=60)
+        session.sendline("set west-east delay_ms=20")
+        session.expect("west-east: delay_ms=20", timeout=60)
+        session.expect(PROMPT, timeout=60)
+        after = ping_ms(session)
+        assert 40 <= after - before <= 48, (before, after)  # 20 ms more each way
+        session.sendline("set west-east nonsense=1")
+        session.expect("set: .*nonsense", timeout=60)
+        session.sendline("westh1 sleep 60")
+        session.sendintr()
+        session.expect(PROMPT, timeout=60)  # Ctrl-C ended the command, the session goes on
+        session.sendline("westh1 echo still-here")
+        session.expect("still-here", timeout=60)
+        session.expect(PROMPT, timeout=60)
+        session.sendline("exit")
+        session.expect(pexpect.EOF, timeout=300)
+    finally:
+        session.close(force=True)
+    assert session.exitstatus == 0, session.before
+    assert (tmp_path / "run.json").exists()
+    assert not cleanup.record_path(session.pid).exists()
+    if "vm" in record:
+        assert not Path(record["temp_dir"]).exists()
+        assert cleanup.group_members(record["vm"]["pid"]) == []
+    else:
+        assert cleanup.shell_pids(set(record["nodes"]), record["run"]) == []
+
