@@ -22,7 +22,7 @@ from testbed.net import microvm
 from testbed.net.network import Testbed, check_emulable
 from testbed.net.processes import python_module
 from testbed.net.topo import FabricTopo
-from testbed.observe.capture import DEFAULT_MAX_MB, HEADERS_SNAPLEN, RING_FILES
+from testbed.observe.capture import DEFAULT_MAX_MB, HEADERS_SNAPLEN, RING_FILES, WHOLE
 from testbed.observe.observing import Observe
 from testbed.observe.telemetry import SCOPES
 from testbed.results import report
@@ -32,7 +32,7 @@ from testbed.roce.rocev2 import data_frame_bytes
 from testbed.topologies import DEFAULT_TOPOLOGY, accepted_keywords, load_topology, script_path
 
 MIN_SNAPLEN = 74  # Ethernet, IPv4, UDP, BTH and the transport header with its send timestamp
-MAX_SNAPLEN = 262_144  # tcpdump's MAXIMUM_SNAPLEN; 0 means as much
+MAX_SNAPLEN = 262_144  # tcpdump's MAXIMUM_SNAPLEN; past the links' largest frame, a snaplen keeps that frame
 # CLI flag -> build() keyword: the sizes and rates the topologies take, then every DCI link setting
 # (LinkConfig's fields but the rate, which --dci-bw-mbps gives); each is passed only if given, and only if the
 # topology takes it
@@ -163,11 +163,12 @@ def add_observe_options(parser: argparse.ArgumentParser) -> None:
     obs.add_argument("--telemetry-scope", choices=SCOPES, default=Observe.scope,
                      help="queues sampled: the border routers' (dci, default) or every node's (all)")
     obs.add_argument("--capture", action="store_true",
-                     help="record pcaps of --capture-links (headers only, ring-rotated) in RESULTS/capture")
+                     help="record pcaps of --capture-links (whole packets, ring-rotated) in RESULTS/capture")
     obs.add_argument("--capture-links", default="dci", metavar="dci|A-B,C-D",
                      help="the links to capture: every DCI link (default) or node pairs, e.g. westb-eastb,wests1-westb")
-    obs.add_argument("--snaplen", type=int, default=HEADERS_SNAPLEN,
-                     help=f"bytes kept per packet (default {HEADERS_SNAPLEN}: headers only; 0 keeps whole packets)")
+    obs.add_argument("--snaplen", type=int, default=WHOLE,
+                     help=f"bytes kept per packet (default {WHOLE}: whole packets, which Wireshark decodes; "
+                          f"{HEADERS_SNAPLEN}: headers only, 1/29 of the disk, data packets shown as malformed)")
     obs.add_argument("--capture-max-mb", type=int, default=DEFAULT_MAX_MB,
                      help=f"disk the capture may use at most, as a ring of {RING_FILES} files per link "
                           f"(default {DEFAULT_MAX_MB})")

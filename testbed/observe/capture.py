@@ -2,16 +2,37 @@
 
 One tcpdump per link, on one end of it: a tap sees both directions of an interface, and on our links the
 delay line and the bottleneck queue sit on each sender's egress before the tap, so each packet is seen
-once, after it queued and crossed the fibre (CE marks of that queue included, its drops never).  Headers
-only by default (``HEADERS_SNAPLEN``: Ethernet, IPv4, UDP, BTH and the transport's 20-byte header with its
-send timestamp), nanosecond timestamps, and a ring of ``RING_FILES`` files per interface (tcpdump's
-``-C``/``-W``) sized from ``max_mb``, so a long run cannot fill the disk: the oldest file is overwritten.
-RoCEv2 traffic (UDP 4791) in these files decodes in Wireshark/tshark as InfiniBand.
+once, after it queued and crossed the fibre (CE marks of that queue included, its drops never).
+Nanosecond timestamps, and a ring of ``RING_FILES`` files per interface (tcpdump's ``-C``/``-W``) sized
+from ``max_mb``, so a long run cannot fill the disk: the oldest file is overwritten.
+
+Whole frames by default (``WHOLE``), so that Wireshark and tshark decode every packet as RoCE (UDP 4791 is
+RoCEv2 to them): ``RC Send First QP=0x000003`` with its BTH, payload and ICRC.  Cut to ``HEADERS_SNAPLEN``
+(Ethernet, IPv4, UDP, BTH and the transport's 20-byte header with its send timestamp), every data packet
+shows as ``RRoCE 4154 Invalid Packet Length from LRH! [Malformed Packet]`` instead: the InfiniBand dissector
+(4.0) finds its payload missing and says so in the Info column only (no ``_ws.malformed`` field, no expert
+item), while the analysis reads both alike.  The ICRC is the real one (``testbed.roce.rocev2``); tshark 4.0
+shows it and does not check it.  Wireshark's RPC-over-RDMA heuristic (``rpcrdma_infiniband``, on by
+default) reassembles every SEND message to look for NFS in it and fails on a few (2 of 48 marked
+malformed in the kernel test's run); ``--disable-heuristic rpcrdma_infiniband`` leaves none.
+
+"Whole" is the largest frame the captured links carry (MTU + Ethernet header), never tcpdump's ``-s 0``
+(262,144 bytes): in immediate mode libpcap uses TPACKET_V2, whose ring has fixed slots of the snaplen, so a
+16 MB buffer holds ~32 packets at 262,144 (a 512 KB block each), ~1,000 at 9,014 (a 16 KB block each) and
+~65,000 at 128; at 262,144 tcpdump dropped 28 % of 850 packets/s (2,353 in 10 s), at 9,014 none.
+
+What whole frames cost, measured in the microVM (TCG, a busy 2-core host, 4 KB UDP datagrams across a
+9000-MTU DCI at ~900 packets/s for 10 s, the pcaps on the results directory's 9p mount, two runs each):
+4,137 bytes a packet on disk against 144 headers-only (29x: ~3.7 MB/s at that rate, so the default 1000 MB
+ring holds ~240,000 packets against ~7 million), and tcpdump's CPU 390-530 us a packet against 600-770, the
+same within this host's noise: in immediate mode tcpdump wakes for every packet whatever it keeps.  The
+testbed's packet rates are of this order whatever the declared rate, since time dilation sizes k so that
+the busiest link needs at most 30 % of a rank's packet budget (a few thousand packets/s under TCG).
 
 ``capture.json`` beside the pcaps holds what the analysis needs: the interfaces with their node, peer and
-MAC (which tells the two directions apart), the offset from pcap time (CLOCK_REALTIME) to the run's
-``time.monotonic_ns`` clock, the telemetry's time zero, the run's queue pairs, and tcpdump's own count
-of packets it could not keep up with.
+MAC (which tells the two directions apart), the snaplen used, the offset from pcap time (CLOCK_REALTIME)
+to the run's ``time.monotonic_ns`` clock, the telemetry's time zero, the run's queue pairs, and tcpdump's
+own count of packets it could not keep up with.
 
 A capture ends only once the captured links' queues have drained and the last packet has crossed the
 fibre, so it holds all that was sent while it ran.  Immediate mode matters: in libpcap's default block
@@ -25,13 +46,15 @@ import signal
 import time
 from pathlib import Path
 
+from testbed.model.units import frame_bytes
 from testbed.net.link import wait_drained
 from testbed.net.network import Testbed
 
+WHOLE = 0  # a snaplen: whole frames, the largest the captured links carry
 HEADERS_SNAPLEN = 128  # 14 + 20 + 8 + 12 + 20 = 74 bytes of headers, with room for IP options and VLANs
 RING_FILES = 8
 DEFAULT_MAX_MB = 1000
-BUFFER_KIB = 16384  # tcpdump's kernel buffer: bursts at line rate must not overrun it
+BUFFER_KIB = 16384  # tcpdump's kernel buffer, in slots of the snaplen (module docstring): bursts must fit
 DROPPED = re.compile(r"(\d+) packets? dropped by kernel")
 
 
@@ -54,11 +77,13 @@ class Capture:
     tcpdump missed (0 when the capture is complete).
     """
 
-    def __init__(self, tb: Testbed, out_dir: Path, links: list | None = None, snaplen: int = HEADERS_SNAPLEN,
+    def __init__(self, tb: Testbed, out_dir: Path, links: list | None = None, snaplen: int = WHOLE,
                  max_mb: int = DEFAULT_MAX_MB, t0_ns: int | None = None, queue_pairs: list[dict] | None = None):
         self.tb, self.out_dir = tb, Path(out_dir)
         self.links = links if links is not None else [link for _, link in tb.dci_links()]
-        self.snaplen, self.t0_ns, self.queue_pairs = snaplen, t0_ns, queue_pairs or []
+        largest = max(frame_bytes(intf.mtu) for link in self.links for intf in (link.intf1, link.intf2))
+        self.snaplen = largest if snaplen == WHOLE else min(snaplen, largest)  # more keeps nothing more
+        self.t0_ns, self.queue_pairs = t0_ns, queue_pairs or []
         self.file_mb = max(1, max_mb // (RING_FILES * len(self.links)))
         self.procs: dict[str, object] = {}
         self.kernel_drops: dict[str, int] = {}

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from testbed.collective.qp_numbers import queue_pairs
-from testbed.observe.capture import DEFAULT_MAX_MB, HEADERS_SNAPLEN, Capture
+from testbed.observe.capture import DEFAULT_MAX_MB, WHOLE, Capture
 from testbed.observe.telemetry import DEFAULT_INTERVAL_S, Telemetry
 
 
@@ -25,7 +25,7 @@ class Observe:
     scope: str = "dci"
     capture: bool = False
     capture_links: tuple[tuple[str, str], ...] | None = None
-    snaplen: int = HEADERS_SNAPLEN
+    snaplen: int = WHOLE
     capture_max_mb: int = DEFAULT_MAX_MB
 
 
