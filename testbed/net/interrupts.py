@@ -31,9 +31,11 @@ class Interrupt(KeyboardInterrupt):
     def __init__(self, guard: "InterruptGuard", signum: int) -> None:
         super().__init__(f"signal {signum}")
         self._guard = guard
+        self._guarded = guard.armed  # raised while suspended (Mininet's CLI handles it): never sent again
 
     def __del__(self) -> None:
-        self._guard.lost()
+        if self._guarded:
+            self._guard.lost()
 
 
 class InterruptGuard:
@@ -57,10 +59,14 @@ class InterruptGuard:
             signal.signal(sig, handler)
         self._saved_handlers.clear()
 
+    @property
+    def armed(self) -> bool:
+        return self._armed
+
     @contextlib.contextmanager
     def suspended(self):
         """For code that catches Ctrl-C on purpose (Mininet's CLI stops the command it runs): an interrupt it
-        handled is not sent again."""
+        handled is not sent again, even when it is freed only after the suspension ended."""
         self._armed = False
         try:
             yield

@@ -82,8 +82,8 @@ def test_bad_input_is_one_line_and_exit_2(args, message):
     assert records_after == records_before  # nothing was started
 
 
-def test_cli_is_refused_before_a_microvm_boots(monkeypatch, capsys):
-    """Where the kernel cannot emulate links, --cli gets one line and exit 2, and no VM is started."""
+def test_cli_without_a_terminal_is_refused_before_a_microvm_boots(monkeypatch, capsys):
+    """--cli with standard input not a terminal (here: pytest's) gets one line and exit 2; no VM starts."""
     from testbed import cli
     from testbed.commands import options
     from testbed.net import microvm
@@ -92,9 +92,24 @@ def test_cli_is_refused_before_a_microvm_boots(monkeypatch, capsys):
     monkeypatch.setattr(microvm, "run", lambda *a, **k: pytest.fail("a microVM was started"))
     monkeypatch.setattr(options, "require_root", lambda: None)
     assert cli.main(["run", "--cli"]) == 2
-    assert capsys.readouterr().err.strip() == (
-        "testbed: error: --cli needs a kernel that emulates links itself (kernel 9.9 has no sch_netem): "
-        "use a full kernel, e.g. the Vagrant VM")
+    assert capsys.readouterr().err.strip() == "testbed: error: --cli needs a terminal: standard input or output " \
+                                              "is not one"
+
+
+def test_cli_on_a_terminal_runs_on_the_microvms_console(monkeypatch, tmp_path):
+    from testbed import cli
+    from testbed.commands import options
+    from testbed.net import microvm
+
+    started = {}
+    monkeypatch.setattr(microvm, "needed", lambda: "kernel 9.9 has no sch_netem")
+    monkeypatch.setattr(microvm, "run", lambda argv, rwdirs, reason, console=False: started.update(
+        argv=argv, console=console) or 0)
+    monkeypatch.setattr(options, "require_root", lambda: None)
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True, raising=False)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
+    assert cli.main(["run", "--cli", "--out", str(tmp_path / "out")]) == 0
+    assert started["console"] is True and "--cli" in started["argv"]
 
 
 def test_a_run_in_the_microvm_gets_its_report_drawn_on_the_host(monkeypatch, capsys, tmp_path):

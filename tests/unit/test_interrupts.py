@@ -90,6 +90,31 @@ def test_a_ctrl_c_caught_on_purpose_while_suspended_is_not_sent_again():
     assert result.stdout == "went on\n", result.stdout + result.stderr
 
 
+def test_a_ctrl_c_handled_while_suspended_and_freed_later_is_not_sent_again():
+    """The Interrupt Mininet's CLI handled outlived the CLI (a reference cycle the garbage collector frees
+    later): freed after the guard was armed again, it was sent again, and the run ended "Interrupt", status 1."""
+    result = python("""
+        import signal, time
+        from testbed.net.interrupts import InterruptGuard
+
+        guard = InterruptGuard()
+        guard.install()
+        kept = []
+        try:
+            with guard.suspended():
+                try:
+                    signal.raise_signal(signal.SIGINT)
+                except KeyboardInterrupt as handled:
+                    kept.append(handled)
+            kept.clear()
+            time.sleep(1)
+            print("went on")
+        except KeyboardInterrupt:
+            print("sent again")
+    """)
+    assert result.stdout == "went on\n", result.stdout + result.stderr
+
+
 def test_other_dropped_exceptions_are_still_reported_as_usual():
     result = python("""
         from testbed.net.interrupts import InterruptGuard
