@@ -93,9 +93,15 @@ def command(argv: list[str], rwdirs: list[Path], cwd: Path, console: Path | None
 
 
 def _console_shell(console: Path, inner: str, cwd: Path) -> Path:
-    """The script the VM's console runs as its shell: ``inner`` in ``cwd``, its status written down."""
+    """The script the VM's console runs as its shell: ``inner`` in ``cwd``, its status written down.
+
+    The terminal's Ctrl-C reaches every process of its foreground group, this shell too, which would die of
+    it once the command ended, before writing the status (a CLI session whose Ctrl-C had stopped a ping
+    ended with status 1): the shell traps SIGINT (a trap, not an ignore, which the command would inherit).
+    """
     script = console / "console.sh"
-    script.write_text(f"#!/bin/sh\ncd {shlex.quote(str(cwd))}\n{inner}\necho $? > {shlex.quote(str(console))}/status\n")
+    script.write_text(f"#!/bin/sh\ntrap : INT\ncd {shlex.quote(str(cwd))}\n{inner}\n"
+                      f"echo $? > {shlex.quote(str(console))}/status\n")
     script.chmod(0o755)
     return script
 
