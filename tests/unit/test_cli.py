@@ -119,7 +119,7 @@ def test_a_run_in_the_microvm_gets_its_report_drawn_on_the_host(monkeypatch, cap
     from testbed.net import microvm
     from testbed.results import report
 
-    def vm_run(inner, rwdirs, reason):
+    def vm_run(inner, rwdirs, reason, console=False):
         assert "--out" in inner and rwdirs == [tmp_path]
         report.save_page(tmp_path, "a run", "testbed perf all_reduce", {"hosts": 2}, ["# nccl-tests <line>"], None,
                          [])
