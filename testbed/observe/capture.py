@@ -34,10 +34,12 @@ MAC (which tells the two directions apart), the snaplen used, the offset from pc
 to the run's ``time.monotonic_ns`` clock, the telemetry's time zero, the run's queue pairs, and tcpdump's
 own count of packets it could not keep up with.
 
-A capture ends only once the captured links' queues have drained and the last packet has crossed the
-fibre, so it holds all that was sent while it ran.  Immediate mode matters: in libpcap's default block
-ring, packets of a block not yet handed over when tcpdump stops are lost without being counted as drops
-(seen: a quarter of a 2 s run missing).
+A capture ends only once the captured links' queues have drained, the last packet has crossed the
+fibre and every tcpdump has written out what its ring holds (its pcaps stop growing), so it holds all that
+was sent while it ran.  Both waits matter: packets still in tcpdump's ring when it is told to stop are lost
+without being counted as drops.  In libpcap's default block ring that lost a quarter of a 2 s run; with
+whole frames on the microVM's 9p results mount tcpdump lags its 833 packets/s by a few hundred packets
+(221 of 1,012 CE-marked frames were missing when it was stopped as soon as the queue drained).
 """
 
 import json
@@ -110,6 +112,7 @@ class Capture:
 
     def __exit__(self, *exc) -> None:
         self._drain()
+        self._settle()
         for proc in self.procs.values():
             proc.send_signal(signal.SIGINT)
         for name, proc in self.procs.items():
@@ -131,3 +134,25 @@ class Capture:
         wait_drained([intf for link in self.links for intf in (link.intf1, link.intf2)], timeout_s, poll_s=0.02)
         longest_ms = max(link.intf1.shape.delay_ms + 4 * link.intf1.shape.jitter_ms for link in self.links)
         time.sleep(longest_ms * self.tb.dilation / 1000 + 0.05)
+
+    def _settle(self, quiet_s: float = 0.3, timeout_s: float = 20.0) -> None:
+        """Wait until every tcpdump has caught up: neither its CPU time nor its pcaps grew for ``quiet_s``
+        (a lagging tcpdump reads and writes continuously; one that caught up sleeps in poll), or ``timeout_s``
+        passes.  CPU time comes from ``/proc/PID/schedstat`` in nanoseconds; file sizes alone would miss a lag
+        hidden in tcpdump's stdio buffer."""
+        def activity() -> tuple:
+            return tuple(path.stat().st_size for path in self.files) + tuple(map(cpu_ns, self.procs.values()))
+        deadline, last, quiet_since = time.monotonic() + timeout_s, activity(), time.monotonic()
+        while time.monotonic() - quiet_since < quiet_s and time.monotonic() < deadline:
+            time.sleep(0.05)
+            now = activity()
+            if now != last:
+                last, quiet_since = now, time.monotonic()
+
+
+def cpu_ns(proc) -> int:
+    """CPU time ``proc`` has used so far, in nanoseconds (0 once it is gone)."""
+    try:
+        return int(Path(f"/proc/{proc.pid}/schedstat").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0

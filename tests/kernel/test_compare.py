@@ -15,6 +15,7 @@ from testbed.collective.schedules.builder import flows
 from testbed.collective.schedules.model import Algorithm
 from testbed.experiments.comparison import compare, save
 from testbed.experiments.fabric_controller import FabricController
+from testbed.model import dilation
 from testbed.net.network import Testbed
 from testbed.observe.telemetry import Telemetry
 from testbed.topologies import load_topology
@@ -26,11 +27,13 @@ def test_baseline_and_adaptive_run_end_to_end_with_exact_results(tmp_path):
     options = nccl_tests.parse_args("all_reduce", ["-b", "1M", "-e", "1M", "-n", "2", "-w", "0"], nranks=4)
     with Testbed(load_topology("two_sites")(**SCENARIO)) as tb:
         k = faithful_dilation(tb)
-        tb.set_dilation(k)
-        with Telemetry(tb, TELEMETRY_S) as telemetry:
-            comparison = compare(tb, options, ["baseline", "adaptive"], telemetry=telemetry)
-            plan = FabricController(tb, comparison.paths, "adaptive").plan(tb.hosts(),
-                                                                           flows("all_reduce", 4, Algorithm()))
+        comparison = compare_at(tb, k, options)
+        if not all(run.fidelity.faithful for run in comparison.runs):
+            # as a user reading the verdict would: once more at the k it names (a rank's CPU demand varies
+            # 2x between runs at one k here, and the latency loop adds to the probe's load)
+            k = dilation.rounded_up(max(run.fidelity.needed_dilation for run in comparison.runs))
+            comparison = compare_at(tb, k, options)
+        plan = FabricController(tb, comparison.paths, "adaptive").plan(tb.hosts(), flows("all_reduce", 4, Algorithm()))
     baseline, adaptive = comparison.runs
     assert [r.wrong_elements for run in comparison.runs for r in run.results] == [0, 0]
     assert [run.fidelity.text for run in comparison.runs] == ["faithful", "faithful"], k
@@ -58,3 +61,10 @@ def test_baseline_and_adaptive_run_end_to_end_with_exact_results(tmp_path):
     for name in ("compare-results.csv", "compare-results.parquet", "compare-ratios.csv", "compare-summary.csv",
                  "discovery.csv", "dci-queue-samples.parquet", "latency-actions.csv"):
         assert (tmp_path / name).stat().st_size > 0, name
+
+
+def compare_at(tb, k: float, options):
+    """Both modes' sweeps at dilation ``k``, with the telemetry their fidelity verdicts come from."""
+    tb.set_dilation(k)
+    with Telemetry(tb, TELEMETRY_S) as telemetry:
+        return compare(tb, options, ["baseline", "adaptive"], telemetry=telemetry)

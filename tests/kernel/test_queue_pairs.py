@@ -261,6 +261,8 @@ def test_a_capture_of_a_flow_decodes_in_tshark_as_roce_with_its_psns(two_sites, 
     data = [psn for _, opcode, dest_qp, psn in rows if opcode in (0, 1, 2, 4) and dest_qp == rqpn]
     acks = [row for row in rows if row[1] == 17 and row[2] == sqpn]
     assert all(row[0] == 4791 for row in rows)
-    assert len(data) == sent == packets_for([message])
-    assert data == [(start_psn + i) % (1 << 24) for i in range(sent)]
+    # every packet sent is captured and decodes, retransmissions included (a busy host can time out an ACK);
+    # new PSNs leave in order, so their first appearances are the message's PSNs in order, wrap included
+    assert len(data) == sent >= packets_for([message])
+    assert list(dict.fromkeys(data)) == [(start_psn + i) % (1 << 24) for i in range(packets_for([message]))]
     assert acks  # the ACKs going back west decode too

@@ -76,6 +76,20 @@ def assert_receiver_counted_the_captured_marks(flow, receiver, packets: pd.DataF
     assert set(data.sequence.iloc[taken:]) <= {"repeat"}, data.iloc[taken:].sequence.value_counts()
 
 
+def assert_captured_the_cnps_sent(flow, receiver, packets: pd.DataFrame, dilation: float) -> None:
+    """The CNPs the receiver had sent by its last sample cross the far border's queue and the fibre before the
+    tap sees them: at least those captured by that sample's time, at most those captured one crossing later
+    (the longest one-way delay of the data that shared their queue; measured up to 360 ms at p99 here).  A
+    CNP may be tail-dropped by the full DCI queue on its way back: 1 % slack below."""
+    back = packets[(packets.kind == "cnp") & (packets.src == flow.dst) & (packets.dst == flow.src)]
+    beside = packets[(packets.kind == "data") & (packets.intf == flow.intf) & (packets.direction != flow.direction)]
+    crossing_s = beside.owd_ms.max() * dilation / 1e3
+    by_sample = int((back.t_s <= receiver.t_s).sum())
+    one_crossing_later = int((back.t_s <= receiver.t_s + crossing_s).sum())
+    assert by_sample <= receiver.cnps_sent <= one_crossing_later * 1.01 + 1, \
+        (by_sample, receiver.cnps_sent, one_crossing_later, crossing_s)
+
+
 MALFORMED = "_ws.malformed || _ws.expert.severity >= error"
 # tshark's RPC-over-RDMA (NFS) heuristic, on by default, reassembles every RC SEND message to look for RPC in it
 WITHOUT_RPC_HEURISTIC = ("--disable-heuristic", "rpcrdma_infiniband")
@@ -145,11 +159,7 @@ def test_a_captured_collective_is_reproduced_by_analyze_and_reported(tmp_path):
         sender, receiver = (match[match.side == side].iloc[0] for side in ("sender", "receiver"))
         assert flow.ip_bytes == pytest.approx(sender.ip_bytes_sent, rel=0.01), (flow, sender)
         assert_receiver_counted_the_captured_marks(flow, receiver, packets)
-        # the CNPs it had sent by its last sample (later ones answer late marks); a CNP may be tail-dropped
-        # by the full DCI queue on its way back
-        cnps = packets[(packets.kind == "cnp") & (packets.src == flow.dst) & (packets.dst == flow.src)
-                       & (packets.t_s <= receiver.t_s)]
-        assert len(cnps) == pytest.approx(receiver.cnps_sent, rel=0.01), (flow, receiver)
+        assert_captured_the_cnps_sent(flow, receiver, packets, meta["dilation"])
     assert captured.ce_packets.sum() > 0 and captured.cnps.sum() > 0  # the 10 Mbit/s DCI did congest
     assert meta["snaplen"] == frame_bytes(DEFAULT_MTU)  # whole frames of the links
     assert_opens_clean_in_tshark(sorted((out / "capture").glob("*.pcap*")), int((packets.kind == "data").sum()),
