@@ -3,7 +3,8 @@
 Tests marked ``kernel`` need netem and RED.  Where the running kernel has them (a Vagrant VM, a Linux
 workstation) they run here like any other test.  Where it lacks them (WSL2, Docker Desktop, our CI) this
 session boots one microVM (``testbed.net.microvm``) as soon as collection ends, runs exactly the selected kernel
-tests there with pytest while the native tests run here, and then reports each kernel test's result in its
+tests there with pytest (the host's own tests follow ``tests/kernel`` in pytest's order: they run once the
+VM's results are in, and never beside its timing-sensitive runs), and reports each kernel test's result in its
 place, the way pytest-xdist reports its workers' tests: the inner pytest serialises every report
 (``--vm-reports``) and this one replays them, so the summary counts each test once and a failure shows the
 traceback from inside the VM.
