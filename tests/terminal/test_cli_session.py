@@ -2,7 +2,8 @@
 emulate links (the VM's console joined to the terminal), natively where it can.
 
 Driven through a pseudo-terminal (pexpect): Mininet's verbs and the testbed's, a live delay change that the
-RTT follows, Ctrl-C that stops a command and not the session, exit, and nothing left behind.
+RTT follows, a capture started and stopped from the CLI holding the ping it saw, Ctrl-C that stops a command
+and not the session, exit, and nothing left behind.
 """
 
 import os
@@ -30,6 +31,19 @@ def ping_ms(session: pexpect.spawn) -> float:
     return rtt / K
 
 
+def icmp_in(pcaps: list[Path]) -> dict:
+    """How many ICMP echo requests and replies the pcaps hold (the capture verb's: one tap, both directions)."""
+    from scapy.layers.inet import ICMP
+    from scapy.utils import PcapReader
+    counts = {"echo-request": 0, "echo-reply": 0}
+    for pcap in pcaps:
+        with PcapReader(str(pcap)) as packets:
+            for packet in packets:
+                if ICMP in packet and packet[ICMP].type in (0, 8):
+                    counts["echo-request" if packet[ICMP].type == 8 else "echo-reply"] += 1
+    return counts
+
+
 def test_cli_session_on_a_terminal(tmp_path):
     session = pexpect.spawn(sys.executable, ["-m", "testbed", "run", "two_sites", "--hosts", "1", "--distance-km",
                                              "10", "--dilation", str(K), "--seconds", "1", "--sweep", "", "--cli",
@@ -48,7 +62,13 @@ def test_cli_session_on_a_terminal(tmp_path):
         session.sendline("set west-east delay_ms=20")
         session.expect("west-east: delay_ms=20", timeout=60)
         session.expect(PROMPT, timeout=60)
+        session.sendline("capture west-east")
+        session.expect("capturing west-east", timeout=60)
+        session.expect(PROMPT, timeout=60)
         after = ping_ms(session)
+        session.sendline("capture west-east")
+        session.expect("west-east: stopped", timeout=120)
+        session.expect(PROMPT, timeout=60)
         assert 2 * (20 - 0.05) - 1 <= after - before <= 2 * (20 - 0.05) + 2, (before, after)  # 19.95 ms more each way
         session.sendline("set west-east nonsense=1")
         session.expect("set: .*nonsense", timeout=60)
@@ -66,6 +86,7 @@ def test_cli_session_on_a_terminal(tmp_path):
         session.close(force=True)
     assert session.exitstatus == 0, (session.exitstatus, session.signalstatus, session.before)
     assert (tmp_path / "run.json").exists()
+    assert icmp_in(sorted((tmp_path / "capture" / "west-east").glob("*.pcap*"))) == {"echo-request": 4, "echo-reply": 4}
     assert not cleanup.record_path(session.pid).exists()
     if "vm" in record:
         assert not Path(record["temp_dir"]).exists()
