@@ -76,12 +76,12 @@ class FabricCLI(CLI):
             link = self._link(name)
         except KeyError as error:
             return self._say(f"capture: {error.args[0]}")
-        self.captures[name] = Capture(self.tb, self.out / "capture" / name, [link]).__enter__()
+        self.captures[name] = Capture(self.tb, self.out / "capture" / name, [link]).start()
         self._say(f"capturing {name} into {self.out / 'capture' / name} (capture {name} to stop)")
 
     def _stop_capture(self, name: str) -> None:
         capture = self.captures.pop(name)
-        capture.__exit__(None, None, None)
+        capture.stop()
         self._say(f"{name}: stopped, " + ", ".join(str(path) for path in capture.files))
 
     def _link(self, name: str):

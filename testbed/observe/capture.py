@@ -97,6 +97,14 @@ class Capture:
         return sorted(p for intf in self.procs for p in self.out_dir.glob(f"{intf}.pcap*"))
 
     def __enter__(self) -> "Capture":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> "Capture":
+        """Start a tcpdump on each link and wait until each is listening (its first pcap exists): as entering
+        the block; for a capture that outlives one block (the CLI's ``capture`` verb)."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._offset_ns = clock_offset_ns()
         for link in self.links:
@@ -110,7 +118,8 @@ class Capture:
             time.sleep(0.1)  # tcpdump creates the first file once it is listening
         return self
 
-    def __exit__(self, *exc) -> None:
+    def stop(self) -> None:
+        """Once the links drained and every tcpdump caught up, stop them, count their drops, write capture.json."""
         self._drain()
         self._settle()
         for proc in self.procs.values():
