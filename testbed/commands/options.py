@@ -37,7 +37,7 @@ MAX_SNAPLEN = 262_144  # tcpdump's MAXIMUM_SNAPLEN; past the links' largest fram
 # (LinkConfig's fields but the rate, which --dci-bw-mbps gives); each is passed only if given, and only if the
 # topology takes it
 TOPOLOGY_FLAGS = {
-    "distance_km": float, "sites": int, "hosts": int, "leaves": int, "spines": int,
+    "distance_km": float, "sites": int, "hosts": int, "leaves": int, "spines": int, "senders": int, "receivers": int,
     "host_bw_mbps": float, "fabric_bw_mbps": float, "dci_bw_mbps": float,
     **{f.name: int if f.type == int | None else float for f in fields(LinkConfig) if f.name != "bw_mbps"},
 }

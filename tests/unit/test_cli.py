@@ -18,7 +18,7 @@ def run_cli(*args):
     (["run", "--dci-bw-mbps", "0"], "bw_mbps 0.0 must be > 0"),
     (["run", "--loss-pct", "150"], "loss_pct 150.0 must be <= 100"),
     (["run", "--loss-burst-pkts", "0.5"], "loss_burst_pkts 0.5 must be 0 (independent losses) or >= 1"),
-    (["run", "nosuch"], "unknown topology 'nosuch' (available: leaf_spine, three_sites, two_sites)"),
+    (["run", "nosuch"], "unknown topology 'nosuch' (available: dumbbell, leaf_spine, three_sites, two_sites)"),
     (["run", "three_sites", "--distance-km", "10"], "topology ThreeSites takes no option 'distance_km'"),
     (["run", "--param", "distance_km"], "--param 'distance_km' must look like KEY=VALUE"),
     (["run", "--param", "distance_km=x"], "--param distance_km='x' is not a number"),

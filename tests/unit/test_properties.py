@@ -172,7 +172,7 @@ ACCEPTED_ABOVE = {"--seconds": 1e-300, "--telemetry-ms": 1e-300, "--dci-bw-mbps"
 
 @SETTINGS
 @given(chosen=st.dictionaries(st.sampled_from(RUN_OPTIONS), TEXT, min_size=1, max_size=3),
-       topology=st.sampled_from(["two_sites", "three_sites", "leaf_spine"]))
+       topology=st.sampled_from(["two_sites", "three_sites", "leaf_spine", "dumbbell"]))
 def test_run_options_are_refused_in_one_line_or_accepted_before_anything_is_built(chosen, topology):
     argv = ["run", topology, "--sweep", "", "--capture", "--out", str(OUT),
             *(f"{option}={value}" for option, value in chosen.items())]

@@ -113,3 +113,19 @@ def test_a_good_script_loads_by_path(tmp_path):
     path = tmp_path / "mine.py"
     path.write_text(GOOD_SCRIPT.format(site_extra="", topos="{'mine': Mine}"))
     assert len(load_topology(str(path))(hosts=2).nodes_with(role="host")) == 4
+
+
+def test_a_dumbbell_puts_its_senders_and_receivers_either_side_of_one_dci_bottleneck():
+    topo = load_topology("dumbbell")(senders=3, receivers=1, distance_km=3000, host_bw_mbps=100, dci_bw_mbps=40)
+    assert topo.nodes_with(role="host", site="west") == ["westh1", "westh2", "westh3"]
+    assert topo.nodes_with(role="host", site="east") == ["easth1"]
+    assert [i["dci"] for _, _, i in topo.dci_link_names()] == ["west-east"]
+    graph = fabric_graph(topo)
+    assert 2 * path_delay_ms(graph, "westh3", "easth1") == pytest.approx(30.0)
+    rates = {info["config"].bw_mbps for _, _, info in topo.links(withInfo=True) if info["kind"] != "dci"}
+    assert rates == {100} and topo.linkInfo("westb", "eastb")["config"].bw_mbps == 40  # the DCI is narrowest
+
+
+def test_a_dumbbell_whose_dci_is_not_the_bottleneck_is_refused():
+    with pytest.raises(TopologyError, match="dci_bw_mbps 100 must be below host_bw_mbps 100"):
+        load_topology("dumbbell")(dci_bw_mbps=100)

@@ -1,0 +1,37 @@
+#!/usr/bin/env python3
+"""A dumbbell: senders in one site, receivers in the other, one long-haul bottleneck between them.
+
+The experiment congestion-control papers run (DCQCN, Swift, Annulus): N senders into M receivers through one
+link that is narrower than any of theirs, so the queue, its marks and its drops are the bottleneck's alone.
+Here the bottleneck is a DCI (``distance_km``, ``dci_bw_mbps``, every DCI field such as ``buffer_bytes``
+or ``loss_pct``); each side is one leaf and one spine under its border, with every intra-site link at the
+hosts' rate, so an incast of the senders queues first at the DCI egress (it is the narrowest link on the
+path) and only briefly on a leaf uplink while congestion control has not yet cut them to its share.
+
+    sudo .venv/bin/testbed run dumbbell --senders 2 --receivers 1 --distance-km 1000
+"""
+
+from testbed.model.fabric import TopologyError
+from testbed.net.topo import FabricTopo
+
+
+class Dumbbell(FabricTopo):
+    """west (``senders`` hosts) <-- DCI bottleneck (distance_km, dci_bw_mbps) --> east (``receivers`` hosts)."""
+
+    def build(self, senders: int = 2, receivers: int = 1, distance_km: float = 1000.0, host_bw_mbps: float = 100.0,
+              dci_bw_mbps: float = 50.0, **dci):
+        if not dci_bw_mbps < host_bw_mbps:
+            raise TopologyError(f"dumbbell: dci_bw_mbps {dci_bw_mbps:g} must be below host_bw_mbps "
+                                f"{host_bw_mbps:g}: the long haul is the bottleneck")
+        for site, hosts in (("west", senders), ("east", receivers)):
+            self.addSite(site, hosts=hosts, leaves=1, spines=1, host_bw_mbps=host_bw_mbps,
+                         fabric_bw_mbps=host_bw_mbps)
+        self.addDci("west", "east", distance_km=distance_km, bw_mbps=dci_bw_mbps, **dci)
+
+
+topos = {"dumbbell": Dumbbell}
+
+if __name__ == "__main__":
+    from testbed.cli import run_script
+
+    run_script(Dumbbell)
