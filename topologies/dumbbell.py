@@ -4,9 +4,11 @@
 The experiment congestion-control papers run (DCQCN, Swift, Annulus): N senders into M receivers through one
 link that is narrower than any of theirs, so the queue, its marks and its drops are the bottleneck's alone.
 Here the bottleneck is a DCI (``distance_km``, ``dci_bw_mbps``, every DCI field such as ``buffer_bytes``
-or ``loss_pct``); each side is one leaf and one spine under its border, with every intra-site link at the
-hosts' rate, so an incast of the senders queues first at the DCI egress (it is the narrowest link on the
-path) and only briefly on a leaf uplink while congestion control has not yet cut them to its share.
+or ``loss_pct``); each side is one leaf and one spine under its border.  The senders' side carries all of
+them at once: its leaf uplink, spine and border links run at ``senders`` times the hosts' rate, so an incast
+meets its first and only queue at the DCI egress (at the hosts' rate, two senders would fill the leaf
+uplink first, and the DCI would see a second bottleneck's output).  The cost: ``--dilation auto`` sizes k
+by the busiest declared link, here that aggregate, so wall time grows with ``senders``.
 
     sudo .venv/bin/testbed run dumbbell --senders 2 --receivers 1 --distance-km 1000
 """
@@ -23,9 +25,10 @@ class Dumbbell(FabricTopo):
         if not dci_bw_mbps < host_bw_mbps:
             raise TopologyError(f"dumbbell: dci_bw_mbps {dci_bw_mbps:g} must be below host_bw_mbps "
                                 f"{host_bw_mbps:g}: the long haul is the bottleneck")
-        for site, hosts in (("west", senders), ("east", receivers)):
-            self.addSite(site, hosts=hosts, leaves=1, spines=1, host_bw_mbps=host_bw_mbps,
-                         fabric_bw_mbps=host_bw_mbps)
+        self.addSite("west", hosts=senders, leaves=1, spines=1, host_bw_mbps=host_bw_mbps,
+                     fabric_bw_mbps=host_bw_mbps * senders)
+        self.addSite("east", hosts=receivers, leaves=1, spines=1, host_bw_mbps=host_bw_mbps,
+                     fabric_bw_mbps=host_bw_mbps)  # it carries at most the DCI's rate
         self.addDci("west", "east", distance_km=distance_km, bw_mbps=dci_bw_mbps, **dci)
 
 

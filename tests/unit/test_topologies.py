@@ -122,8 +122,11 @@ def test_a_dumbbell_puts_its_senders_and_receivers_either_side_of_one_dci_bottle
     assert [i["dci"] for _, _, i in topo.dci_link_names()] == ["west-east"]
     graph = fabric_graph(topo)
     assert 2 * path_delay_ms(graph, "westh3", "easth1") == pytest.approx(30.0)
-    rates = {info["config"].bw_mbps for _, _, info in topo.links(withInfo=True) if info["kind"] != "dci"}
-    assert rates == {100} and topo.linkInfo("westb", "eastb")["config"].bw_mbps == 40  # the DCI is narrowest
+    rates = {(a, b): info["config"].bw_mbps for a, b, info in topo.links(withInfo=True)}
+    # the senders' leaf uplink and spine carry all three at once; the DCI is narrower than any one of them
+    assert rates == {("westh1", "westl1"): 100, ("westh2", "westl1"): 100, ("westh3", "westl1"): 100,
+                     ("westl1", "wests1"): 300, ("wests1", "westb"): 300, ("westb", "eastb"): 40,
+                     ("easts1", "eastb"): 100, ("eastl1", "easts1"): 100, ("easth1", "eastl1"): 100}
 
 
 def test_a_dumbbell_whose_dci_is_not_the_bottleneck_is_refused():
