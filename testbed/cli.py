@@ -12,13 +12,13 @@ import inspect
 import sys
 from pathlib import Path
 
-from testbed.commands import analyze, clean, compare, doctor, perf, run
+from testbed.commands import analyze, clean, compare, doctor, flows, perf, run
 from testbed.commands.options import UsageError
 from testbed.model.fabric import TopologyError
 from testbed.net import microvm
 from testbed.results import report
 
-COMMANDS = (run, perf, compare, analyze, clean, doctor)
+COMMANDS = (run, perf, compare, flows, analyze, clean, doctor)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -68,6 +68,7 @@ __all__ = [
     "rank_sites",
     "wire_bytes",
     "collective_bound",
+    "fair_shares",
 ]
 
 #: Message bytes per full data packet at the transport's default IB MTU of 4096 (4076).
@@ -287,3 +288,31 @@ def collective_bound(graph: nx.Graph, hosts: Sequence[str], collective: str, siz
                  bandwidth_us=bandwidth_s * 1e6, latency_us=latency_s * 1e6, bottleneck=bottleneck,
                  bottleneck_bytes=loads.get(bottleneck, 0), link_bytes=loads, algbw_gbps=algbw,
                  busbw_gbps=nccl_tests.bus_bandwidth(collective, len(hosts), algbw))
+
+
+def fair_shares(graph: nx.Graph, pairs: Sequence[tuple[str, str]]) -> list[float]:
+    """Each long flow's max-min fair goodput between hosts (bytes/s of payload): the reference a flow's
+    measured goodput is held against.
+
+    Water-filling (Bertsekas and Gallager, *Data Networks*, 6.5.2): raise every flow's rate together until
+    a link is full, freeze the flows crossing it, repeat with the rest.  Links are the routed ones every
+    equal-cost path uses, as for the bandwidth term; a flow's wire rate becomes goodput at full packets
+    (``PACKET_PAYLOAD`` of every ``PACKET_PAYLOAD + PACKET_OVERHEAD`` bytes)."""
+    routes = [_route(graph, src, dst).links for src, dst in pairs]
+    capacity = {link: _rate_bytes_per_s(graph, *link) for links in routes for link in links}
+    rate = [0.0] * len(pairs)
+    active = set(range(len(pairs)))
+    while active:
+        users = {link: [f for f in active if link in routes[f]] for link in capacity}
+        increments = [(capacity[link] - sum(rate[f] for f in range(len(pairs)) if link in routes[f])) / len(flows)
+                      for link, flows in users.items() if flows]
+        if not increments:  # flows that cross no shaped link (none in a fabric: hosts have links)
+            break
+        step = min(increments)
+        for f in active:
+            rate[f] += step
+        full = {link for link, flows in users.items()
+                if flows and capacity[link] - sum(rate[f] for f in range(len(pairs)) if link in routes[f]) <= 1e-9
+                * capacity[link]}
+        active -= {f for f in active if full & set(routes[f])}
+    return [r * PACKET_PAYLOAD / (PACKET_PAYLOAD + PACKET_OVERHEAD) for r in rate]

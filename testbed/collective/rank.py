@@ -26,120 +26,18 @@ from collections import deque
 
 import numpy as np
 
-from controllers.dilated import Dilated
-from controllers.registry import from_spec
 from testbed.collective.control_channel import ControlClient
-from testbed.collective.flow_samples import FlowSampler
-from testbed.collective.qp_numbers import receiver_qpn, sender_qpn
+from testbed.collective.point_to_point import run_flows
+from testbed.collective.rank_links import RankLinks
 from testbed.collective.schedules.builder import build_schedule
-from testbed.collective.schedules.checking import count_wrong, expected
+from testbed.collective.schedules.checking import count_wrong, expected, rank_input
 from testbed.collective.schedules.model import UFUNCS, Schedule
 from testbed.collective.schedules.steps import apply_step, rank_buffers, step_graph
-from testbed.roce.nic import MAX_WAIT_NS, Nic, run
+from testbed.roce.nic import Nic, run
 from testbed.roce.receiver import Receiver
-from testbed.roce.sender import Sender
 from testbed.roce.transport import TransportConfig
 
-CONTROL_POLL_NS = 10_000_000
-# While a collective runs, the event loop re-checks its predicate (control messages, telemetry) at least every
-# MAX_WAIT_NS times k, up to this, instead of every 5 ms: natively an idle rank's 194 wake-ups a second cost
-# 2.4 % of a core, nearly all of it in epoll_wait's timer, which under TCG goes through qemu.  Measured in
-# the microVM, the congested 1000 km test scenario at k 22: a rank's CPU 0.26-0.32 of the wall clock before,
-# 0.19-0.30 after; its CPU demand (with the time it waited for one) 0.43-0.55 before, 0.28-0.47 after;
-# lateness p99 5.8-9.7 ms before, 5.8-8.2 after.  A control message then waits at most 5 ms declared.
-MAX_DILATED_WAIT_NS = 100_000_000
-FLOW_COUNTERS = ("packets_sent", "retransmitted_packets", "cnps_received", "timeouts", "naks_received")
-STEP_TIMEOUT_S = 120.0  # no progress for this long (wall time), nor for two dilated maximum RTOs: a peer died
 IDLE_TIMEOUT_S = 24 * 3600.0  # between commands: the controller decides when the job ends
-
-
-class RankLinks:
-    """This rank's queue pairs, opened on first use: a sender per (peer, channel), a receiver likewise.
-
-    Each peer's senders run the job's congestion control until the fabric controller pushes one for that
-    peer's path (``apply``), over the control channel when the job has one."""
-
-    def __init__(self, nic: Nic, rank: int, addresses: list[str], cc_spec: dict, config: TransportConfig,
-                 control: ControlClient | None = None, telemetry_ns: int = 0, dilation: float = 1.0) -> None:
-        self.nic, self.rank, self.addresses, self.control = nic, rank, addresses, control
-        self.config, self.dilation = config.dilated(dilation), dilation
-        self.step_timeout_s = max(STEP_TIMEOUT_S, 2 * self.config.max_rto_ns / 1e9)
-        self.max_wait_ns = round(min(MAX_DILATED_WAIT_NS, max(1.0, dilation) * MAX_WAIT_NS))
-        self.telemetry = FlowSampler(rank, addresses, telemetry_ns, dilation)
-        self.cc_specs = {peer: cc_spec for peer in range(len(addresses))}
-        self.senders: dict[tuple[int, int], Sender] = {}
-        self.receivers: dict[tuple[int, int], Receiver] = {}
-        self._next_poll_ns = 0
-
-    def sender(self, peer: int, channel: int) -> Sender:
-        key, n = (peer, channel), len(self.addresses)
-        if key not in self.senders:
-            self.senders[key] = Sender(self.nic, (self.addresses[peer], self.nic.address[1]),
-                                       sender_qpn(peer, channel, n), receiver_qpn(self.rank, channel, n),
-                                       self._congestion_control(self.cc_specs[peer]), self.config)
-        return self.senders[key]
-
-    def _congestion_control(self, spec: dict):
-        """The algorithm ``spec`` names (declared units), run at this job's dilation."""
-        algorithm = from_spec(spec)
-        return algorithm if self.dilation == 1 else Dilated(algorithm, self.dilation)
-
-    def receiver(self, peer: int, channel: int) -> Receiver:
-        key, n = (peer, channel), len(self.addresses)
-        if key not in self.receivers:
-            self.receivers[key] = Receiver(self.nic, receiver_qpn(peer, channel, n),
-                                           sender_qpn(self.rank, channel, n), self.config)
-        return self.receivers[key]
-
-    def open_all(self, channels: int) -> None:
-        """Open every queue pair up front, so a peer's first chunk never meets an unknown QP."""
-        for peer in range(len(self.addresses)):
-            for channel in range(channels):
-                if peer != self.rank:
-                    self.sender(peer, channel)
-                    self.receiver(peer, channel)
-
-    def all_acknowledged(self) -> bool:
-        return all(sender.all_acknowledged() for sender in self.senders.values())
-
-    def apply(self, message: dict) -> None:
-        """A controller message: ``{"cc": {peer: spec}}`` gives those peers' senders a fresh congestion
-        control; ``{"cnp_interval_ns": {peer: ns}}`` paces the CNPs this rank's receivers send them;
-        ``{"pace": {peer: bits/s or None}}`` caps (or uncaps) the senders' pacing rate.  Declared units."""
-        for peer, spec in message.get("cc", {}).items():
-            self.cc_specs[int(peer)] = spec
-            for sender in _of_peer(self.senders, peer):
-                sender.cc = self._congestion_control(spec)
-        for peer, interval in message.get("cnp_interval_ns", {}).items():
-            for receiver in _of_peer(self.receivers, peer):
-                receiver.set_cnp_interval(round(interval * self.dilation))
-        for peer, cap in message.get("pace", {}).items():
-            for sender in _of_peer(self.senders, peer):
-                sender.max_rate_bps = None if cap is None else cap / self.dilation
-
-    def poll_control(self, now: bool = False) -> None:
-        """Apply what the controller pushed, looking at most every CONTROL_POLL_NS (a syscall per packet
-        would cost more than the control loop needs) unless ``now``."""
-        clock = time.monotonic_ns()
-        if self.control is None or (clock < self._next_poll_ns and not now):
-            return
-        self._next_poll_ns = clock + CONTROL_POLL_NS
-        for message in self.control.poll():
-            self.apply(message)
-
-    def tick(self) -> None:
-        """What the event loop does besides moving packets: apply control messages, sample the flows."""
-        self.poll_control()
-        self.telemetry.maybe_sample(self.senders, self.receivers)
-
-    def counters(self) -> dict:
-        """The senders' counters summed: what the controller reports per run."""
-        return {name: sum(s.counters[name] for s in self.senders.values()) for name in FLOW_COUNTERS}
-
-
-def _of_peer(ends: dict, peer: int | str) -> list:
-    """The queue-pair ends of ``ends`` (keyed by (peer, channel)) that talk to ``peer``, every channel."""
-    return [end for (other, _), end in ends.items() if other == int(peer)]
 
 
 def execute(schedule: Schedule, buffers: dict[str, np.ndarray], links: RankLinks) -> None:
@@ -185,13 +83,6 @@ def execute(schedule: Schedule, buffers: dict[str, np.ndarray], links: RankLinks
         raise TimeoutError(f"rank {schedule.rank}: chunks unacknowledged after {links.step_timeout_s:g} s")
 
 
-def rank_input(rank: int, count: int, dtype: np.dtype, seed: int) -> np.ndarray:
-    """Rank ``rank``'s input: small positive values (exact sums for integers, no cancellation for floats);
-    every rank can make every other rank's, to know the expected result without exchanging it."""
-    rng = np.random.default_rng([seed, rank])
-    return rng.integers(1, 8, count).astype(dtype)
-
-
 def measure(command: dict, links: RankLinks) -> dict:
     """Run one command: ``warmup`` untimed and ``iters`` timed iterations of its collective, then (with
     ``check``) one on fresh inputs whose result is compared element by element with the expected one."""
@@ -202,8 +93,6 @@ def measure(command: dict, links: RankLinks) -> dict:
                               in_place=command["in_place"])
     data = rank_input(rank, schedule.send_elems, dtype, command["seed"])
     buffers = rank_buffers(schedule, data)
-    before, cpu_before = links.counters(), cpu_times()
-    links.nic.lateness.take()
     for _ in range(command["warmup"]):
         execute(schedule, buffers, links)
     iter_us = []  # declared time: the wall time this rank took, divided by the dilation
@@ -218,12 +107,21 @@ def measure(command: dict, links: RankLinks) -> dict:
         inputs = [rank_input(r, schedule.send_elems, dtype, command["seed"]) for r in range(n)]
         want = expected(command["collective"], inputs, op=command["op"], root=command["root"])[rank]
         wrong = 0 if want is None else count_wrong(buffers["recv"], want, op=command["op"], nranks=n)
+    return {"time_us": sum(iter_us) / max(1, len(iter_us)), "iter_us": iter_us, "wrong": wrong}
+
+
+def answer(command: dict, links: RankLinks) -> dict:
+    """Run ``command`` (a collective measurement, or with ``pairs`` long flows, ``testbed.collective.point_to_point``)
+    and answer with its results and what it cost: the flows' counters, this process's CPU and its event loop's
+    lateness (``testbed.observe.fidelity``), and the telemetry rows sampled meanwhile."""
+    before, cpu_before = links.counters(), cpu_times()
+    links.nic.lateness.take()
+    results = {"ends": run_flows(command, links)} if "pairs" in command else measure(command, links)
     counters = {name: value - before[name] for name, value in links.counters().items()}
     cpu = {name: None if value is None else value - cpu_before[name] for name, value in cpu_times().items()}
     if links.telemetry.interval_ns:
         links.telemetry.sample(links.senders, links.receivers)  # the command's final totals
-    return {"time_us": sum(iter_us) / max(1, len(iter_us)), "iter_us": iter_us, "wrong": wrong, "counters": counters,
-            "cpu": cpu, "loop": links.nic.lateness.take(), **links.telemetry.take()}
+    return {**results, "counters": counters, "cpu": cpu, "loop": links.nic.lateness.take(), **links.telemetry.take()}
 
 
 def cpu_times() -> dict:
@@ -262,7 +160,7 @@ def main() -> None:
         while (command := next_command(links)) is not None:
             if command["nchannels"] > job["nchannels"]:
                 raise ValueError(f"{command['nchannels']} channels asked, the job opened {job['nchannels']}")
-            print(json.dumps(measure(command, links)), flush=True)
+            print(json.dumps(answer(command, links)), flush=True)
 
 
 if __name__ == "__main__":

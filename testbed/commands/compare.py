@@ -36,6 +36,7 @@ from testbed.commands.options import (
     check_dilation,
     exit_status,
     fabric,
+    modes_from,
     observe_from,
     positive_finite,
     rerun_in_microvm_if_needed,
@@ -100,7 +101,7 @@ def handle(args: argparse.Namespace, argv: list[str]) -> int:
     hosts = len(topo.nodes_with(role="host"))
     options = nccl_tests.parse_args(args.collective, args.nccl or COMPARE_SWEEP.split(), nranks=hosts)
     algorithm = algorithm_from(args)
-    modes = _modes(args.modes)
+    modes = modes_from(args.modes)
     distances = _distances(args.distances)
     if args.target_queue_ms is not None:
         positive_finite("--target-queue-ms", args.target_queue_ms, MAX_TARGET_QUEUE_MS)
@@ -132,15 +133,6 @@ def handle(args: argparse.Namespace, argv: list[str]) -> int:
     for line in run.invalid:
         print(f"testbed: not valid, emulator-limited: {line}", file=sys.stderr)
     return max(exit_status(run.wrong), 1 if run.invalid else 0)
-
-
-def _modes(spec: str) -> list[str]:
-    modes = [m.strip() for m in spec.split(",") if m.strip()]
-    unknown = [m for m in modes if m not in MODES]
-    if unknown or not modes:
-        raise UsageError(f"--modes {spec!r}: unknown mode {', '.join(unknown) or '(none given)'} "
-                         f"(modes: {', '.join(MODES)})")
-    return modes
 
 
 def _distances(spec: str | None) -> list[float]:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from testbed.collective import nccl_tests
 from testbed.collective.schedules.model import Algorithm
+from testbed.experiments.modes import MODES
 from testbed.model import dilation
 from testbed.model.fabric import LinkConfig
 from testbed.net import microvm
@@ -231,6 +232,16 @@ def algorithm_from(args) -> Algorithm:
     if chunk < 1:
         raise UsageError(f"--chunk {args.chunk!r} must be at least 1 byte")
     return Algorithm(nchannels=args.channels, chunk_bytes=chunk, hierarchical=args.hierarchical)
+
+
+def modes_from(spec: str) -> list[str]:
+    """``--modes``: comma-separated names of ``testbed.experiments.modes``, the first the reference."""
+    modes = [m.strip() for m in spec.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not modes:
+        raise UsageError(f"--modes {spec!r}: unknown mode {', '.join(unknown) or '(none given)'} "
+                         f"(modes: {', '.join(MODES)})")
+    return modes
 
 
 # -- where a command runs and what it leaves ------------------------------------------------------------------

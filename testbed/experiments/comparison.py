@@ -23,8 +23,7 @@ import pandas as pd
 
 from testbed.collective import nccl_tests
 from testbed.collective.bounds import rank_sites
-from testbed.collective.control_channel import ControlServer
-from testbed.collective.runner import bounds_beside, start_ranks, sweep
+from testbed.collective.runner import bounds_beside, sweep
 from testbed.collective.schedules.builder import flows
 from testbed.collective.schedules.model import Algorithm
 from testbed.experiments.discovery import SitePath, discover
@@ -167,12 +166,8 @@ def run_mode(tb, options: nccl_tests.Options, mode: str, algorithm: Algorithm, p
                 observer(call, answers)
 
     telemetry_s = telemetry.interval_s if telemetry else 0.0
-    with ControlServer() as server, start_ranks(tb, algorithm.nchannels, control=server.path,
-                                                telemetry_s=telemetry_s) as ranks:
-        server.accept(len(hosts))
-        controller.configure_senders(plan, server)
-        with controller.governing(plan, server):
-            results = sweep(tb, ranks, options, algorithm, print_line, on_answers=answered)
+    with controller.ranks(plan, algorithm.nchannels, telemetry_s) as ranks:
+        results = sweep(tb, ranks, options, algorithm, print_line, on_answers=answered)
     after = _dci_counters(tb, plan)
     summary = _summary(mode, calls, controller.samples, {k: after[k] - before[k] for k in after})
     return ModeRun(mode, results, summary, controller.samples, controller.actions, calls)

@@ -9,6 +9,8 @@ loop, for one of the comparison's modes.
     with controller.governing(plan, control_server):      # latency loop (samples in every mode)
         ... run the collective ...
 
+or all of the last three at once: ``with controller.ranks(plan, nchannels) as ranks: ...``.
+
 Modes:
 - ``baseline``: off-the-shelf RoCE: DCQCN with intra-datacenter defaults on every path, the fabric's plain
   (DCQCN-paper, rate-scaled) ECN thresholds on the DCIs, no latency loop.  The loop still samples.
@@ -33,6 +35,8 @@ from dataclasses import asdict, dataclass, field
 from controllers.adaptive import AdaptiveParams, Path, ecn_thresholds, target_queue_for
 from controllers.dcqcn import Dcqcn
 from controllers.latency import QueueGovernor
+from testbed.collective.control_channel import ControlServer
+from testbed.collective.runner import start_ranks
 from testbed.experiments.discovery import SitePath, dci_hops
 from testbed.experiments.modes import Mode, lookup
 from testbed.net.netlink_counters import NamespaceCounters
@@ -120,6 +124,17 @@ class FabricController:
             thread.join()
             for reader in counters.values():
                 reader.close()
+
+    @contextlib.contextmanager
+    def ranks(self, plan: Plan, nchannels: int, telemetry_s: float = 0.0):
+        """A rank on every host, each connected to this controller and given its plan's congestion control,
+        the DCI queues sampled (and governed) while the block runs; yields the ``Ranks``."""
+        with ControlServer() as server, start_ranks(self.tb, nchannels, control=server.path,
+                                                    telemetry_s=telemetry_s) as ranks:
+            server.accept(len(ranks.hosts))
+            self.configure_senders(plan, server)
+            with self.governing(plan, server):
+                yield ranks
 
     # -- planning ----------------------------------------------------------------------------------------
 

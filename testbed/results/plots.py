@@ -268,6 +268,24 @@ def plot_flow_rate(flows: pd.DataFrame | None, path: Path, dilation: float = 1.0
     return _save(figure, path)
 
 
+def plot_bottleneck(utilisation: pd.DataFrame | None, path: Path) -> Path | None:
+    """``testbed flows``: each crossed DCI egress's utilisation of its rate and its queueing delay while the flows
+    ran, per mode (``testbed.experiments.flows.utilisation_table``)."""
+    if _absent(utilisation):
+        return None
+    scale, unit = time_unit(utilisation["t_s"])
+    frame = _in_unit(utilisation, scale)
+    figure, (util_axes, queue_axes) = _figure(2)
+    _plot_lines(util_axes, frame, ["egress"], "util_pct", lambda key: key[0])
+    _plot_lines(queue_axes, frame, ["egress"], "queue_delay_ms", lambda key: key[0])
+    _mark_modes([util_axes, queue_axes], mode_spans(frame))
+    util_axes.set(ylabel="utilisation (% of rate)")
+    queue_axes.set(xlabel=_time_label(unit), ylabel="queueing delay (ms, declared)")
+    figure.suptitle("Bottleneck DCI egresses while the flows ran")
+    _legend(util_axes)
+    return _save(figure, path)
+
+
 def _series_columns(results: pd.DataFrame) -> list[str]:
     """The mode, plus whichever of dtype, redop and root vary (-d all, -o all, -r -1 give several per size)."""
     return ["mode", *(column for column in ("dtype", "redop", "root") if results[column].nunique() > 1)]
@@ -383,6 +401,7 @@ def write_plots(results_dir: Path) -> list[Path]:
     planned = (("dci-queue-delay.png", plot_dci_queue_delay, (queues,)),
                ("flow-rate.png", plot_flow_rate, (flows,), dilation),
                ("busbw.png", plot_busbw, (_load(results_dir / "results.parquet"),)),
+               ("flows-bottleneck.png", plot_bottleneck, (_load(results_dir / "flows-utilisation.parquet"),)),
                ("ce-cnp.png", plot_ce_cnp, (queues, flows), dilation),
                ("capture-throughput.png", plot_capture_throughput,
                 (_load(results_dir / "analysis" / "throughput.parquet"),)))

@@ -71,6 +71,15 @@ def run_cli(*args):
     (["perf", "all_reduce", "--channels", "1000000"], "--channels 1000000 must be from 1 to 64"),
     (["perf", "all_reduce", "-e", "1e400"], "invalid size '1e400': must be a finite number of bytes"),
     (["run", "--capture", "--snaplen", "1000000"], "--snaplen 1000000 must be 0 (whole packets) or from 74"),
+    (["flows", "--flow", "westh1"], "--flow: flow 'westh1' is not SRC:DST (two host names)"),
+    (["flows", "--flow", "westh1:mars"], "--flow: flow 'westh1:mars': no host 'mars' (hosts: easth1, easth2"),
+    (["flows", "--flow", "westh1:westh1"], "flow 'westh1:westh1': a host cannot send to itself"),
+    (["flows", "--flow", "westh1:easth1", "--flow", "westh1:easth1"], "flow 'westh1:easth1' given twice"),
+    (["flows", "--topology", "leaf_spine", "--sites", "1"], "the default flows cross sites and this fabric has one"),
+    (["flows", "--size", "0"], "--size '0' must be from 1 byte to 1024 MB"),
+    (["flows", "--size", "2G"], "--size '2G' must be from 1 byte to 1024 MB"),
+    (["flows", "--modes", "fastest"], "--modes 'fastest': unknown mode fastest"),
+    (["flows", "--repeat", "0"], "--repeat 0 must be from 1 to 100"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message):
     records_before = set(cleanup.RUN_DIR.glob("*.json")) if cleanup.RUN_DIR.is_dir() else set()

@@ -6,7 +6,8 @@ import subprocess
 import pytest
 
 from controllers.dcqcn import Dcqcn
-from testbed.collective.rank import RankLinks
+from testbed.collective.point_to_point import flow_input, wrong_bytes
+from testbed.collective.rank_links import RankLinks
 from testbed.collective.runner import RankError, Ranks
 from testbed.roce.nic import Nic
 from testbed.roce.transport import TransportConfig
@@ -61,6 +62,30 @@ def test_four_rank_processes_compute_every_collective_correctly(four_ranks, coll
             answers = four_ranks.run(command(collective, count, in_place, **changes))
             assert [a["wrong"] for a in answers] == [0, 0, 0, 0], (count, in_place, answers)
             assert all(a["time_us"] > 0 for a in answers)
+
+
+def test_long_flows_arrive_whole_and_verified_with_their_ends_on_one_clock(four_ranks):
+    # an incast (0 and 1 into 3) beside a flow the other way (3 into 2), messages not dividing the flow
+    pairs = [[0, 3], [1, 3], [3, 2]]
+    answers = four_ranks.run({"pairs": pairs, "bytes": 100_003, "chunk_bytes": 4096, "seed": 7, "nchannels": 1})
+    ends = [row for a in answers for row in a["ends"]]
+    starts = {(r["src"], r["dst"]): r["start_ns"] for r in ends if "start_ns" in r}
+    received = {(r["src"], r["dst"]): r for r in ends if "end_ns" in r}
+    assert sorted(starts) == sorted(received) == sorted(map(tuple, pairs))
+    for pair, row in received.items():
+        assert (row["bytes"], row["wrong"]) == (100_003, 0)
+        assert row["end_ns"] > starts[pair]  # both on the monotonic clock every process shares
+    assert sum(a["counters"]["packets_sent"] for a in answers) >= 3 * 100_003 // 4096
+
+
+def test_a_flow_that_delivers_other_bytes_is_counted_wrong():
+    sent = flow_input(1, 1000, seed=3)
+    assert wrong_bytes(bytearray(sent.tobytes()), sent) == 0
+    assert wrong_bytes(bytearray(flow_input(2, 1000, seed=3).tobytes()), sent) > 0  # another rank's data
+    assert wrong_bytes(bytearray(sent[:990].tobytes()), sent) == 10  # ten bytes missing
+    flipped = bytearray(sent.tobytes())
+    flipped[500] ^= 0xFF
+    assert wrong_bytes(flipped, sent) == 1
 
 
 def test_a_rank_that_fails_is_reported_with_its_last_words():

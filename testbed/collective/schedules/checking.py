@@ -154,3 +154,10 @@ def count_wrong(result: np.ndarray | Sequence[np.ndarray | None],
             continue
         wrong += _wrong_in(np.asarray(got), np.asarray(want), op, n)
     return wrong
+
+
+def rank_input(rank: int, count: int, dtype: np.dtype, seed: int) -> np.ndarray:
+    """Rank ``rank``'s input: small positive values (exact sums for integers, no cancellation for floats);
+    every rank can make every other rank's, to know the expected result without exchanging it."""
+    rng = np.random.default_rng([seed, rank])
+    return rng.integers(1, 8, count).astype(dtype)
