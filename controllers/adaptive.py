@@ -49,6 +49,18 @@ Swift's beta and max_mdf).  It is booked as a DCQCN cut (RT <- RC before it, sta
 reset, increase timer restarted) except that alpha, an ECN estimate, is left as it is.  Cuts of every kind
 share one guard: none within rp_rate_reduce_monitor_period (one RTT) of the previous.
 
+Mechanisms, each switchable on its own (``AdaptiveParams.mechanisms``, the spec's ``mechanisms``; all by default),
+so an ablation can measure what each buys (issue 14):
+
+  timers   the DCQCN knobs above, derived from the path; without it the intra-datacenter defaults scaled to
+           the line rate (``DcqcnParams().scaled_to``), what the baseline runs
+  window   start at the share and keep in flight at most the window; without it the flow starts
+           unthrottled at line rate, as DCQCN does, and has no window
+  delay    the delay signal; without it only CNPs cut
+With none of them the flow makes DCQCN's decisions exactly (a property test holds them to it).  The fabric's
+mechanisms, the DCI thresholds below and the latency loop (``controllers.latency``), are switched by the mode
+(``testbed.experiments.modes``).
+
 ECN marking on the DCI egress (``ecn_thresholds``): Kmin = Q_t * C / 8, marking starts at the target queue;
 Kmax = Kmin + max(2 frames, C * RTT / 8 / 7).  DCTCP (its section 3.4) bounds the queue swing of flows that
 cut once per RTT: its threshold K > C * RTT / 7 is the headroom that keeps the link busy through a round of
@@ -73,6 +85,7 @@ INITIAL_ALPHA = 0.5
 AI_SHARE, HAI_SHARE, MIN_RATE_SHARE = 0.02, 0.1, 1e-3
 CNPS_PER_RTT = 8
 WINDOW_GAIN = 2  # the flow's window: twice BDP + target queue (see Adaptive)
+MECHANISMS = ("timers", "window", "delay")  # the sender's, each switchable (module docstring)
 
 
 def check_positive(name: str, value: float) -> None:
@@ -145,8 +158,12 @@ class AdaptiveParams:
     target_queue_ns: int
     delay_beta: float = 0.8
     max_decrease: float = 0.5
+    mechanisms: frozenset[str] = frozenset(MECHANISMS)
 
     def __post_init__(self) -> None:
+        unknown = sorted(set(self.mechanisms) - set(MECHANISMS))
+        if unknown:
+            raise ValueError(f"unknown mechanism {', '.join(unknown)} (mechanisms: {', '.join(MECHANISMS)})")
         for name in ("start_rate_bps", "cwnd_bytes", "base_rtt_ns", "target_queue_ns", "delay_beta",
                      "max_decrease"):
             check_positive(name, getattr(self, name))
@@ -160,18 +177,21 @@ class AdaptiveParams:
 
     @classmethod
     def for_path(cls, path: Path, target_queue_ns: int | None = None, delay_beta: float = 0.8,
-                 max_decrease: float = 0.5) -> "AdaptiveParams":
-        """The knobs for ``path`` (formulas in the module docstring)."""
+                 max_decrease: float = 0.5, mechanisms=MECHANISMS) -> "AdaptiveParams":
+        """The knobs for ``path`` (formulas in the module docstring), with ``mechanisms`` on."""
         target = target_queue_for(path, target_queue_ns)
-        share, rtt = path.share_bps, path.base_rtt_ns
+        share, rtt, mechanisms = path.share_bps, path.base_rtt_ns, frozenset(mechanisms)
         dcqcn = DcqcnParams(
             rp_max_rate_bps=path.line_rate_bps, rp_min_rate_bps=share * MIN_RATE_SHARE,
             rp_ai_rate_bps=share * AI_SHARE, rp_hai_rate_bps=share * HAI_SHARE, rp_time_reset_ns=rtt,
             rp_byte_reset_bytes=max(path.frame_bytes, math.ceil(path.bdp_bytes)), rp_threshold=5,
             rp_dce_tcp_g=DCTCP_G, rp_dce_tcp_rtt_ns=rtt, rp_initial_alpha_value=INITIAL_ALPHA,
-            rp_rate_reduce_monitor_period_ns=rtt, np_min_time_between_cnps_ns=rtt // CNPS_PER_RTT)
-        return cls(dcqcn=dcqcn, start_rate_bps=min(path.line_rate_bps, share), cwnd_bytes=window_bytes(path, target),
-                   base_rtt_ns=rtt, target_queue_ns=target, delay_beta=delay_beta, max_decrease=max_decrease)
+            rp_rate_reduce_monitor_period_ns=rtt, np_min_time_between_cnps_ns=rtt // CNPS_PER_RTT,
+        ) if "timers" in mechanisms else DcqcnParams().scaled_to(path.line_rate_bps)
+        start = min(path.line_rate_bps, share) if "window" in mechanisms else path.line_rate_bps
+        return cls(dcqcn=dcqcn, start_rate_bps=start, cwnd_bytes=window_bytes(path, target),
+                   base_rtt_ns=rtt, target_queue_ns=target, delay_beta=delay_beta, max_decrease=max_decrease,
+                   mechanisms=mechanisms)
 
 
 class Adaptive(Dcqcn):
@@ -191,7 +211,11 @@ class Adaptive(Dcqcn):
     it growing past a BDP if the rate is wrong for a round trip (and it must exceed the receiver's ACK
     batch, or the flow stalls between ACKs).
 
-    Spec: ``path`` (``Path``'s fields) and ``target_queue_ns`` (None: the default target).
+    Each of these is one of the mechanisms (module docstring): without ``window`` the flow starts unthrottled
+    and has no window, without ``delay`` RTT samples cut nothing (they still feed the window's scaling).
+
+    Spec: ``path`` (``Path``'s fields), ``target_queue_ns`` (None: the default target) and ``mechanisms`` (a
+    list; all when absent).
     """
 
     kind = "adaptive"
@@ -199,17 +223,21 @@ class Adaptive(Dcqcn):
     def __init__(self, params: AdaptiveParams) -> None:
         super().__init__(params.dcqcn)
         self.adaptive_params = params
-        self._rc = self._rt = params.start_rate_bps
+        self._windowed = "window" in params.mechanisms
+        self._delay_cuts = "delay" in params.mechanisms
+        if self._windowed:
+            self._rc = self._rt = params.start_rate_bps
         self._min_rtt_ns: int | None = None
         self._cwnd = WINDOW_GAIN * params.cwnd_bytes
 
     @classmethod
     def from_spec(cls, spec: dict) -> "Adaptive":
-        return cls(AdaptiveParams.for_path(Path(**spec["path"]), spec.get("target_queue_ns")))
+        return cls(AdaptiveParams.for_path(Path(**spec["path"]), spec.get("target_queue_ns"),
+                                           mechanisms=spec.get("mechanisms", MECHANISMS)))
 
     @property
-    def cwnd_bytes(self) -> int:
-        return self._cwnd
+    def cwnd_bytes(self) -> int | None:
+        return self._cwnd if self._windowed else None
 
     @property
     def base_rtt_ns(self) -> int | None:
@@ -217,7 +245,7 @@ class Adaptive(Dcqcn):
         return self._min_rtt_ns
 
     def on_send(self, now_ns: int, nbytes: int) -> None:
-        if self._last_cut_ns is None:
+        if self._last_cut_ns is None and self._windowed:
             self._last_cut_ns, self._timer_due_ns = now_ns, now_ns + self.params.rp_time_reset_ns
         super().on_send(now_ns, nbytes)
 
@@ -231,7 +259,7 @@ class Adaptive(Dcqcn):
             scale = max(1.0, rtt_ns / p.base_rtt_ns)
             self._cwnd = max(WINDOW_GAIN * p.cwnd_bytes, math.ceil(WINDOW_GAIN * p.cwnd_bytes * scale))
         excess_ns = rtt_ns - self._min_rtt_ns - p.target_queue_ns
-        if excess_ns > 0 and self._may_cut(now_ns):
+        if self._delay_cuts and excess_ns > 0 and self._may_cut(now_ns):
             self._cut_to(now_ns, self._rc * max(1 - p.delay_beta * excess_ns / rtt_ns, 1 - p.max_decrease))
 
     def _may_cut(self, now_ns: int) -> bool:

@@ -48,7 +48,7 @@ from testbed.commands.options import (
 )
 from testbed.experiments.comparison import Comparison, compare, save
 from testbed.experiments.discovery import discover
-from testbed.experiments.modes import MODES
+from testbed.experiments.modes import MECHANISMS, MODES, ablation_modes
 from testbed.model.dilation import header
 from testbed.model.units import propagation_delay_ms
 from testbed.net.topo import FabricTopo
@@ -59,9 +59,11 @@ from testbed.results.tables import discovery_table, frame_table
 from testbed.topologies import accepted_keywords
 
 COMPARE_SWEEP = "-b 4M -e 16M -f 4 -n 1 -w 0"
+ABLATION_CSV = "ablation.csv"
 MAX_DISTANCE_KM = 20_000.0  # half the Earth's circumference: no two sites are further apart
 MAX_TARGET_QUEUE_MS = 10_000.0
 DEFAULT_REPEATS, MAX_REPEATS = 3, 100
+DEFAULT_MODES = "baseline,adaptive"
 COMPARE_SCENARIO = {"hosts": 1, "host_bw_mbps": 400_000.0, "dci_bw_mbps": 400_000.0, "distance_km": 10.0}
 SHORT_NAMES = {"size_bytes": "size B", "bound_mbps": "bound", "completion_p50_ms": "done p50",
                "completion_p99_ms": "done p99", "dci_queue_p50_ms": "queue p50", "dci_queue_p99_ms": "queue p99",
@@ -80,8 +82,12 @@ def add_parser(commands) -> None:
     add_topology_options(parser)
     add_algorithm_options(parser)
     add_observe_options(parser)
-    parser.add_argument("--modes", default="baseline,adaptive",
-                        help=f"comma-separated, the first is the reference (from: {', '.join(MODES)})")
+    parser.add_argument("--modes", help=f"comma-separated, the first is the reference (from: {', '.join(MODES)}, "
+                                        f"or adaptive:MECHANISM+... with mechanisms {', '.join(MECHANISMS)}; "
+                                        f"default {DEFAULT_MODES})")
+    parser.add_argument("--ablation", action="store_true",
+                        help="the modes of an ablation: baseline, the adaptive controller with each mechanism "
+                             "alone, then with all; adds ablation.csv and its plot (ratio against distance)")
     parser.add_argument("--distances", metavar="KM,KM,...",
                         help="also sweep distance: every DCI set to each of these lengths in turn")
     parser.add_argument("--target-queue-ms", type=float,
@@ -101,7 +107,9 @@ def handle(args: argparse.Namespace, argv: list[str]) -> int:
     hosts = len(topo.nodes_with(role="host"))
     options = nccl_tests.parse_args(args.collective, args.nccl or COMPARE_SWEEP.split(), nranks=hosts)
     algorithm = algorithm_from(args)
-    modes = modes_from(args.modes)
+    if args.ablation and args.modes:
+        raise UsageError("--ablation runs its own modes: give --modes or --ablation, not both")
+    modes = ablation_modes() if args.ablation else modes_from(args.modes or DEFAULT_MODES)
     distances = _distances(args.distances)
     if args.target_queue_ms is not None:
         positive_finite("--target-queue-ms", args.target_queue_ms, MAX_TARGET_QUEUE_MS)
@@ -122,10 +130,11 @@ def handle(args: argparse.Namespace, argv: list[str]) -> int:
         return dilations[rate_scale]
 
     run = run_comparisons(lambda km, scale: topo_cls(**scenario, **params, dci_km=km, rate_scale=scale), options,
-                          algorithm, modes, distances, args.target_queue_ms, out, observe, dilation_of, args.repeat)
+                          algorithm, modes, distances, args.target_queue_ms, out, observe, dilation_of, args.repeat,
+                          args.ablation)
     run_params = {"topology": args.topology, "dilation": dilations[1.0], "collective": args.collective,
                   "nccl_tests": " ".join(args.nccl or COMPARE_SWEEP.split()), "modes": ",".join(modes),
-                  "repeats": args.repeat, "distances_km": args.distances or "",
+                  "repeats": args.repeat, "distances_km": args.distances or "", "ablation": args.ablation,
                   "target_queue_ms": args.target_queue_ms or "derived", "channels": algorithm.nchannels,
                   "chunk_bytes": algorithm.chunk_bytes, **scenario, **params}
     write_report(out, f"{' vs '.join(modes)}: {args.collective} across sites", argv, run_params, run.lines,
@@ -162,13 +171,14 @@ class ComparisonRun:
 def run_comparisons(topo_of: Callable[[float | None, float], FabricTopo], options: nccl_tests.Options,
                     algorithm: Algorithm, modes: list[str], distances: list[float], target_queue_ms: float | None,
                     out: Path, observe: Observe, dilation_of: Callable[[FabricTopo, float], float],
-                    repeats: int) -> ComparisonRun:
+                    repeats: int, ablation: bool = False) -> ComparisonRun:
     """The declared scenario (``topo_of(None, 1)``), then each of ``distances``: a fabric built anew with every
     DCI that long and every rate scaled so the DCI's bandwidth-delay product, in packets, stays the declared
-    scenario's (``rate_scale``); each at its own k (``dilation_of(topo, rate_scale)``).  Print and save it all."""
+    scenario's (``rate_scale``); each at its own k (``dilation_of(topo, rate_scale)``).  Print and save it all;
+    for an ``ablation`` also each mode's row at the largest size and every distance (``ablation.csv``)."""
     base = topo_of(None, 1.0)
     base_delay_ms = min(d.one_way_delay_ms() for d in base.fabric.dci_links)
-    lines, frames, invalid, rows = [], [], [], []
+    lines, frames, invalid, rows, modes_rows = [], [], [], [], []
     tables, wrong = ["compare-ratios.csv", "compare-summary.csv", "discovery.csv"], 0
     runs = [(None, 1.0, base, out, "")]
     for km in distances:
@@ -182,6 +192,9 @@ def run_comparisons(topo_of: Callable[[float | None, float], FabricTopo], option
         comparison = _compare_on(topo, dilation_of(topo, scale), options, algorithm, modes, target_queue_ms,
                                  directory, observe, repeats, tag, lines)
         frames.append(comparison.results(tag))
+        if ablation:
+            at_km = km if km is not None else base.fabric.dci_links[0].distance_km
+            modes_rows.append(comparison.by_mode().assign(distance_km=at_km, rate_scale=scale))
         wrong += comparison.wrong
         invalid += [f"{line} {tag}".strip() for line in comparison.invalid()]
         if km is not None or any(d.distance_km == k for d in base.fabric.dci_links for k in distances):
@@ -193,6 +206,12 @@ def run_comparisons(topo_of: Callable[[float | None, float], FabricTopo], option
         console.print(frame_table("busbw (Mbit/s, declared) against distance, largest size", _short(frame)))
         frame.to_csv(out / "distance-sweep.csv", index=False)
         tables.append("distance-sweep.csv")
+    if ablation:
+        frame = pd.concat(modes_rows, ignore_index=True)
+        console.print(frame_table("ablation, largest size: busbw (Mbit/s declared), ratio to baseline (95 % "
+                                  "interval), DCI queue p99 (ms), drops, retransmitted (medians)", _ablation(frame)))
+        frame.to_csv(out / ABLATION_CSV, index=False)
+        tables.insert(0, ABLATION_CSV)
     return ComparisonRun(wrong, lines, pd.concat(frames, ignore_index=True), tables, invalid)
 
 
@@ -218,6 +237,17 @@ def _compare_on(topo: FabricTopo, dilation: float, options: nccl_tests.Options, 
     _print(comparison)
     save(comparison, out)
     return comparison
+
+
+def _ablation(frame: pd.DataFrame) -> pd.DataFrame:
+    """The ablation's rows in 80 columns."""
+    return pd.DataFrame({
+        "km": frame["distance_km"].map(lambda v: f"{v:g}"), "mode": frame["mode"],
+        "busbw": frame["busbw_mbps"].map(lambda v: f"{v:.3g}"),
+        "ratio": [f"{r:.2f} ({lo:.2f}-{hi:.2f})" + ("" if ok else " NOT VALID")
+                  for r, lo, hi, ok in zip(frame["ratio"], frame["ci_low"], frame["ci_high"], frame["valid"])],
+        "queue p99": frame["dci_queue_p99_ms"].map(lambda v: f"{v:.3g}"), "drops": frame["drops"].map("{:g}".format),
+        "retx": frame["retransmitted"].map("{:g}".format)})
 
 
 def _short(frame: pd.DataFrame) -> pd.DataFrame:

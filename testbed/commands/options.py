@@ -16,7 +16,7 @@ from pathlib import Path
 
 from testbed.collective import nccl_tests
 from testbed.collective.schedules.model import Algorithm
-from testbed.experiments.modes import MODES
+from testbed.experiments.modes import MODES, lookup
 from testbed.model import dilation
 from testbed.model.fabric import LinkConfig
 from testbed.net import microvm
@@ -235,12 +235,16 @@ def algorithm_from(args) -> Algorithm:
 
 
 def modes_from(spec: str) -> list[str]:
-    """``--modes``: comma-separated names of ``testbed.experiments.modes``, the first the reference."""
+    """``--modes``: comma-separated names of ``testbed.experiments.modes`` (``adaptive:MECHANISM+...`` too), the
+    first the reference."""
     modes = [m.strip() for m in spec.split(",") if m.strip()]
-    unknown = [m for m in modes if m not in MODES]
-    if unknown or not modes:
-        raise UsageError(f"--modes {spec!r}: unknown mode {', '.join(unknown) or '(none given)'} "
-                         f"(modes: {', '.join(MODES)})")
+    if not modes:
+        raise UsageError(f"--modes {spec!r}: no mode given (modes: {', '.join(MODES)})")
+    for mode in modes:
+        try:
+            lookup(mode)
+        except ValueError as error:
+            raise UsageError(f"--modes {spec!r}: {error}") from None
     return modes
 
 

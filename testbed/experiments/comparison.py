@@ -96,6 +96,29 @@ class Comparison:
             rows.append(row)
         return pd.DataFrame(rows)
 
+    def by_mode(self) -> pd.DataFrame:
+        """One row per mode at the largest size (an ablation's table): its median busbw (Mbit/s, declared) and
+        share of the bound; its ratio to the first mode with spread, 95 % interval, verdict and validity (1 for
+        the first); and the medians over its repeats of the DCI queue p99, drops and retransmitted packets."""
+        largest = self.ratios().iloc[-1]
+        summaries = self.summaries()
+        rows = []
+        for mode in self.modes:
+            runs = summaries[summaries["mode"] == mode]
+            row = {"mode": mode, "busbw_mbps": largest[f"{mode}_mbps"],
+                   "of_bound_pct": 100 * largest[f"{mode}_mbps"] / largest["bound_mbps"]}
+            if mode == self.modes[0]:
+                row.update(ratio=1.0, ratio_min=1.0, ratio_max=1.0, ci_low=1.0, ci_high=1.0, verdict="reference",
+                           valid=self.faithful(mode) is not False)
+            else:
+                row.update({key: largest[f"{mode}{suffix}"] for key, suffix in
+                            (("ratio", "_x"), ("ratio_min", "_x_min"), ("ratio_max", "_x_max"),
+                             ("ci_low", "_x_ci_low"), ("ci_high", "_x_ci_high"), ("verdict", "_verdict"),
+                             ("valid", "_valid"))})
+            row.update({name: float(runs[name].median()) for name in ("dci_queue_p99_ms", "drops", "retransmitted")})
+            rows.append(row)
+        return pd.DataFrame(rows).assign(size_bytes=int(largest["size_bytes"]))
+
     def summaries(self) -> pd.DataFrame:
         """One row per run (mode and repeat): completion, queueing, cost, and the run's fidelity."""
         return pd.DataFrame([dict(run.summary, repeat=run.repeat,

@@ -19,6 +19,8 @@ Modes:
   the number of the job's flows sharing it; each DCI egress gets thresholds from its BDP and the queue target;
   the latency loop (``controllers.latency``) holds the DCI queues near the target.
 - ``swift``: like adaptive, with the Swift-style delay-target window (``controllers.swift``) across DCIs.
+- ``adaptive:timers+delay`` and the like: the adaptive controller with only the mechanisms named, each of them
+  switched where it acts (the senders' knobs, the DCI thresholds, the loop: ``testbed.experiments.modes``).
 Inside the sites, switches keep their shallow datacenter thresholds in every mode.
 
 Everything here is in declared units (``testbed.model.dilation``): the paths come from the probes declared,
@@ -176,8 +178,9 @@ class FabricController:
             flows = max(egresses[hop].flows for hop in hops)
             path = self._path(self.paths[(sites[rank], sites[peer])], flows)
             target = target_queue_for(path, self.target_queue_ns)
-            cc[peer] = self.mode.dci_cc.spec(path=asdict(path), target_queue_ns=target)
-            cnp[peer] = AdaptiveParams.for_path(path, target).dcqcn.np_min_time_between_cnps_ns
+            cc[peer] = self.mode.cc_spec(path=asdict(path), target_queue_ns=target)
+            if "timers" in self.mode.mechanisms:
+                cnp[peer] = AdaptiveParams.for_path(path, target).dcqcn.np_min_time_between_cnps_ns
         return {"cc": cc, "cnp_interval_ns": cnp}
 
     # -- the loop ----------------------------------------------------------------------------------------

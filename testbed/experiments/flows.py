@@ -164,20 +164,23 @@ def utilisation_table(queues: pd.DataFrame, egresses: list[tuple[str, str]],
 
 def egress_table(queues: pd.DataFrame, utilisation: pd.DataFrame, egresses: list[tuple[str, str]],
                  window: tuple[float, float], plan) -> pd.DataFrame:
-    """One row per DCI egress the flows cross: its rate and flows; what it sent (bytes, and of its rate over
-    the samples inside ``window``, the flows' first start to last end); queueing delay percentiles there; and
-    the mode's sent bytes, drops and CE marks (counters at its last sample against its first)."""
+    """One row per DCI egress the flows cross: its rate, flows and the ECN thresholds the mode gave it (the
+    latency loop may move them while the flows run); its utilisation over the samples inside ``window`` (the
+    flows' first start to last end) and its queueing delay percentiles there; and the mode's sent bytes,
+    drops and CE marks (counters at its last sample against its first)."""
     rows = []
     for node, peer in egresses:
         name = f"{node}->{peer}"
         u = utilisation[utilisation["egress"] == name]
         q = queues[(queues["node"] == node) & (queues["peer"] == peer)].sort_values("t_s")
         inside = q[(q["t_s"] >= window[0]) & (q["t_s"] <= window[1])]
-        rate_bps = plan.egresses[(node, peer)].rate_bps
+        egress = plan.egresses[(node, peer)]
+        rate_bps = egress.rate_bps
         sent_s = inside["t_s"].iloc[-1] - inside["t_s"].iloc[0] if len(inside) > 1 else float("nan")
         sent_bits = 8 * _change(inside, "sent_bytes") if len(inside) > 1 else 0
         delays = u["queue_delay_ms"].to_numpy()
-        rows.append({"egress": name, "rate_mbps": rate_bps / 1e6, "flows": plan.egresses[(node, peer)].flows,
+        rows.append({"egress": name, "rate_mbps": rate_bps / 1e6, "flows": egress.flows,
+                     "ecn_kmin_bytes": egress.kmin_bytes, "ecn_kmax_bytes": egress.kmax_bytes,
                      "util_pct": 100 * sent_bits / sent_s / rate_bps if sent_s > 0 else float("nan"),
                      "queue_p50_ms": _percentile(delays, 50), "queue_p99_ms": _percentile(delays, 99),
                      "queue_max_ms": float(delays.max()) if len(delays) else float("nan"),

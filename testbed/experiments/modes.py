@@ -1,12 +1,29 @@
-"""The comparison's modes: which congestion control crosses the DCIs, which thresholds the DCI egresses get,
-and whether the latency loop acts (see ``testbed.experiments.fabric_controller``)."""
+"""The comparison's modes: which congestion control crosses the DCIs, and which of the scale-across mechanisms are on
+(see ``testbed.experiments.fabric_controller``).
+
+Mechanisms, each switchable on its own (issue 14's ablation):
+
+  timers      RTT-scaled timers and BDP-derived increase steps at the senders, the CNP interval a fraction of
+              the RTT at the receivers (``controllers.adaptive``)
+  window      start at the measured share, a window of BDP plus the target queue (``controllers.adaptive``)
+  delay       the delay signal: queueing above the target cuts the rate (``controllers.adaptive``)
+  thresholds  BDP- and target-derived ECN thresholds at every DCI egress (``controllers.adaptive.ecn_thresholds``)
+  loop        the latency loop holding each DCI queue near its target (``controllers.latency``)
+
+A mode named ``adaptive:timers+delay`` runs the distance-adaptive controller with just those mechanisms;
+``adaptive`` has them all; ``baseline`` none (DCQCN with intra-datacenter defaults, plain thresholds).
+"""
 
 from dataclasses import dataclass
 
+from controllers.adaptive import MECHANISMS as SENDER_MECHANISMS
 from controllers.adaptive import Adaptive
 from controllers.base import CongestionControl
 from controllers.dcqcn import Dcqcn
 from controllers.swift import Swift
+
+FABRIC_MECHANISMS = ("thresholds", "loop")
+MECHANISMS = (*SENDER_MECHANISMS, *FABRIC_MECHANISMS)
 
 
 @dataclass(frozen=True)
@@ -14,19 +31,50 @@ class Mode:
     name: str
     description: str
     dci_cc: type[CongestionControl]  # what the paths that cross a DCI run
-    derived_thresholds: bool
-    govern: bool
+    mechanisms: frozenset[str] = frozenset()
+
+    @property
+    def derived_thresholds(self) -> bool:
+        return "thresholds" in self.mechanisms
+
+    @property
+    def govern(self) -> bool:
+        return "loop" in self.mechanisms
+
+    def cc_spec(self, **fields) -> dict:
+        """The spec of the DCI paths' congestion control: the adaptive controller also gets which of the
+        senders' mechanisms are on."""
+        if self.dci_cc is Adaptive:
+            fields["mechanisms"] = [m for m in SENDER_MECHANISMS if m in self.mechanisms]
+        return self.dci_cc.spec(**fields)
 
 
 MODES = {
-    "baseline": Mode("baseline", "DCQCN with intra-datacenter defaults, plain ECN thresholds", Dcqcn, False, False),
-    "adaptive": Mode("adaptive", "distance-adaptive CC, BDP-derived thresholds, latency loop", Adaptive, True, True),
-    "swift": Mode("swift", "Swift-style delay target across DCIs, BDP-derived thresholds", Swift, True, False),
+    "baseline": Mode("baseline", "DCQCN with intra-datacenter defaults, plain ECN thresholds", Dcqcn),
+    "adaptive": Mode("adaptive", "distance-adaptive CC, BDP-derived thresholds, latency loop", Adaptive,
+                     frozenset(MECHANISMS)),
+    "swift": Mode("swift", "Swift-style delay target across DCIs, BDP-derived thresholds", Swift,
+                  frozenset({"timers", "thresholds"})),
 }
 
 
 def lookup(name: str) -> Mode:
-    """The mode called ``name``; a one-line ValueError listing the modes otherwise."""
-    if name not in MODES:
-        raise ValueError(f"unknown mode {name!r} (modes: {', '.join(MODES)})")
-    return MODES[name]
+    """The mode called ``name`` (``adaptive:<mechanism>+...`` for the adaptive controller with just those); a
+    one-line ValueError naming the modes and mechanisms otherwise."""
+    if name in MODES:
+        return MODES[name]
+    base, _, chosen = name.partition(":")
+    if base != "adaptive" or not chosen:
+        raise ValueError(f"unknown mode {name!r} (modes: {', '.join(MODES)}, or adaptive:MECHANISM+... with "
+                         f"mechanisms {', '.join(MECHANISMS)})")
+    mechanisms = chosen.split("+")
+    unknown = [m for m in mechanisms if m not in MECHANISMS]
+    if unknown or len(set(mechanisms)) != len(mechanisms):
+        raise ValueError(f"mode {name!r}: unknown or repeated mechanism {', '.join(unknown) or chosen} "
+                         f"(mechanisms: {', '.join(MECHANISMS)})")
+    return Mode(name, f"distance-adaptive CC with {', '.join(mechanisms)} only", Adaptive, frozenset(mechanisms))
+
+
+def ablation_modes() -> list[str]:
+    """The ablation's modes: the baseline, each mechanism alone, all of them."""
+    return ["baseline", *(f"adaptive:{m}" for m in MECHANISMS), "adaptive"]

@@ -286,6 +286,31 @@ def plot_bottleneck(utilisation: pd.DataFrame | None, path: Path) -> Path | None
     return _save(figure, path)
 
 
+def plot_ablation(ablation: pd.DataFrame | None, path: Path) -> Path | None:
+    """``testbed compare --ablation``: each mode's busbw ratio to the baseline against distance, with its 95 %
+    interval as bars (``testbed.experiments.comparison.Comparison.by_mode``); invalid points hollow."""
+    if _absent(ablation):
+        return None
+    others = ablation[ablation["verdict"] != "reference"]
+    if others.empty:
+        return None
+    figure, (axes,) = _figure(1)
+    groups = list(others.groupby("mode", sort=False))
+    for color, (mode, rows) in zip(_colors(len(groups)), groups):
+        rows = rows.sort_values("distance_km")
+        errors = [rows["ratio"] - rows["ci_low"], rows["ci_high"] - rows["ratio"]]
+        axes.errorbar(rows["distance_km"], rows["ratio"], yerr=errors, color=color, marker="o", capsize=3,
+                      label=mode)
+        invalid = rows[~rows["valid"].astype(bool)]
+        axes.scatter(invalid["distance_km"], invalid["ratio"], facecolors="white", edgecolors=[color], zorder=3)
+    axes.axhline(1.0, color="0.4", linewidth=0.8, linestyle="--")
+    axes.set_xscale("log")
+    axes.set(xlabel="DCI distance (km)", ylabel="busbw / baseline (largest size)",
+             title="Ablation: each mechanism alone and all together, against the baseline")
+    _legend(axes)
+    return _save(figure, path)
+
+
 def _series_columns(results: pd.DataFrame) -> list[str]:
     """The mode, plus whichever of dtype, redop and root vary (-d all, -o all, -r -1 give several per size)."""
     return ["mode", *(column for column in ("dtype", "redop", "root") if results[column].nunique() > 1)]
@@ -380,6 +405,10 @@ def _load(path: Path) -> pd.DataFrame | None:
     return pd.read_parquet(path) if path.exists() else None
 
 
+def _load_csv(path: Path) -> pd.DataFrame | None:
+    return pd.read_csv(path) if path.exists() else None
+
+
 def _params(results_dir: Path) -> dict:
     """The run's parameters (``params.json``), empty when it has none."""
     path = results_dir / "params.json"
@@ -402,6 +431,7 @@ def write_plots(results_dir: Path) -> list[Path]:
                ("flow-rate.png", plot_flow_rate, (flows,), dilation),
                ("busbw.png", plot_busbw, (_load(results_dir / "results.parquet"),)),
                ("flows-bottleneck.png", plot_bottleneck, (_load(results_dir / "flows-utilisation.parquet"),)),
+               ("ablation.png", plot_ablation, (_load_csv(results_dir / "ablation.csv"),)),
                ("ce-cnp.png", plot_ce_cnp, (queues, flows), dilation),
                ("capture-throughput.png", plot_capture_throughput,
                 (_load(results_dir / "analysis" / "throughput.parquet"),)))

@@ -9,9 +9,12 @@ import math
 import re
 
 import pytest
+from hypothesis import given, settings
+from test_dilation import EVENTS, trace
 
 from controllers.adaptive import Adaptive, AdaptiveParams, Path, ecn_thresholds, target_queue_for
 from controllers.base import CongestionControl
+from controllers.dcqcn import Dcqcn, DcqcnParams
 
 FRAME = 4096 + 44 + 14  # IB payload + IPv4, UDP, BTH, ICRC + Ethernet
 MS = 1_000_000
@@ -243,3 +246,44 @@ def test_a_start_rate_outside_the_dcqcn_bounds_and_bad_ecn_inputs_are_refused():
         dataclasses.replace(P, start_rate_bps=200e6)
     with pytest.raises(ValueError, match=re.escape("base_rtt_ns must be a positive finite number, got -1")):
         ecn_thresholds(1e9, -1, MS, FRAME, 10**6)
+
+
+# -- each mechanism switchable on its own (issue 14's ablation) ----------------------------------------------
+
+@settings(max_examples=60, deadline=None)
+@given(events=EVENTS)
+def test_with_no_mechanism_the_flow_decides_exactly_as_dcqcn(events):
+    bare = Adaptive(AdaptiveParams.for_path(PATH_A, mechanisms=()))
+    assert trace(bare, events, 1.0) == trace(Dcqcn(DcqcnParams().scaled_to(LINE)), events, 1.0)
+
+
+def test_timers_alone_derive_the_knobs_but_start_unthrottled_without_a_window():
+    flow = Adaptive(AdaptiveParams.for_path(PATH_A, mechanisms=["timers"]))
+    assert flow.params == P.dcqcn  # every DCQCN knob from the path
+    flow.on_send(0, FRAME)
+    assert (flow.rate_bps, flow.cwnd_bytes, flow.next_timer_ns) == (LINE, None, None)  # as DCQCN before a CNP
+    flow.on_ack(MS, FRAME, 10 * RTT)  # queueing far above the target: no delay signal without "delay"
+    assert flow.rate_bps == LINE
+
+
+def test_window_alone_starts_at_the_share_with_the_window_under_intra_datacenter_timers():
+    flow = Adaptive(AdaptiveParams.for_path(PATH_A, mechanisms=["window"]))
+    assert flow.params == DcqcnParams().scaled_to(LINE)
+    flow.on_send(0, FRAME)
+    assert (flow.rate_bps, flow.cwnd_bytes) == (S, 2 * P.cwnd_bytes)
+    assert flow.next_timer_ns == DcqcnParams().rp_time_reset_ns  # the default 300 us, not one RTT
+
+
+def test_delay_alone_cuts_on_queueing_from_line_rate():
+    flow = Adaptive(AdaptiveParams.for_path(PATH_A, mechanisms=["delay"]))
+    flow.on_send(0, FRAME)
+    flow.on_ack(RTT, FRAME, RTT)  # the base
+    flow.on_ack(RTT + 1, FRAME, RTT + TQ + 10 * MS)  # 10 ms above the target
+    excess = 10 * MS
+    assert flow.rate_bps == approx(LINE * (1 - 0.8 * excess / (RTT + TQ + excess)))
+    assert flow.cwnd_bytes is None
+
+
+def test_an_unknown_mechanism_is_refused_in_one_line():
+    with pytest.raises(ValueError, match=r"^unknown mechanism pacing \(mechanisms: timers, window, delay\)$"):
+        AdaptiveParams.for_path(PATH_A, mechanisms=["timers", "pacing"])

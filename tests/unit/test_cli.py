@@ -49,7 +49,10 @@ def run_cli(*args):
     (["perf", "broadcast", "-r", "8"], "root"),
     (["perf", "nosuch"], "argument collective: invalid choice: 'nosuch'"),
     (["perf", "all_reduce", "--topology", "nosuch"], "unknown topology 'nosuch'"),
-    (["compare", "--modes", "baseline,magic"], "--modes 'baseline,magic': unknown mode magic"),
+    (["compare", "--modes", "baseline,magic"], "--modes 'baseline,magic': unknown mode 'magic' (modes: baseline"),
+    (["compare", "--modes", "adaptive:timers+speed"], "'adaptive:timers+speed': unknown or repeated mechanism speed"),
+    (["compare", "--modes", "adaptive:delay+delay"], "unknown or repeated mechanism delay+delay (mechanisms: timers"),
+    (["compare", "--ablation", "--modes", "adaptive"], "--ablation runs its own modes: give --modes or --ablation"),
     (["compare", "--distances", "10,far"], "--distances '10,far' must be comma-separated kilometres"),
     (["compare", "--distances", "0"], "every distance must be > 0 and at most 20000 km"),
     (["compare", "--target-queue-ms", "-1"], "--target-queue-ms -1 must be > 0"),
@@ -78,7 +81,7 @@ def run_cli(*args):
     (["flows", "--topology", "leaf_spine", "--sites", "1"], "the default flows cross sites and this fabric has one"),
     (["flows", "--size", "0"], "--size '0' must be from 1 byte to 1024 MB"),
     (["flows", "--size", "2G"], "--size '2G' must be from 1 byte to 1024 MB"),
-    (["flows", "--modes", "fastest"], "--modes 'fastest': unknown mode fastest"),
+    (["flows", "--modes", "fastest"], "--modes 'fastest': unknown mode 'fastest'"),
     (["flows", "--repeat", "0"], "--repeat 0 must be from 1 to 100"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message):

@@ -202,11 +202,26 @@ def test_every_plot_is_written_as_a_real_png(full_report):
     (plots.plot_busbw, (None,)),
     (plots.plot_ce_cnp, (None, None)),
     (plots.plot_capture_throughput, (None,)),
+    (plots.plot_bottleneck, (None,)),
+    (plots.plot_ablation, (None,)),
+    (plots.plot_ablation, (pd.DataFrame({"mode": ["baseline"], "verdict": ["reference"]}),)),  # nothing to hold
 ])
 def test_a_plot_without_its_data_is_skipped(tmp_path, plot, frames):
     path = tmp_path / "plot.png"
     assert plot(*frames, path) is None
     assert not path.exists()
+
+
+def test_the_flows_bottleneck_and_the_ablation_are_drawn_from_their_tables(tmp_path):
+    t = np.arange(0.0, 1.0, 0.01)
+    utilisation = pd.DataFrame({"t_s": np.concatenate([t, t + 2]), "mode": ["baseline"] * 100 + ["adaptive"] * 100,
+                                "egress": "westb->eastb", "util_pct": 95.0, "queue_delay_ms": 3.0})
+    assert_png(plots.plot_bottleneck(utilisation, tmp_path / "flows-bottleneck.png"))
+    rows = [dict(mode=mode, distance_km=km, ratio=ratio, ci_low=ratio - 0.2, ci_high=ratio + 0.2,
+                 verdict="reference" if mode == "baseline" else "faster", valid=km != 100)
+            for km in (10, 100, 1000)
+            for mode, ratio in (("baseline", 1.0), ("adaptive:delay", 1.3), ("adaptive", 1.8))]
+    assert_png(plots.plot_ablation(pd.DataFrame(rows), tmp_path / "ablation.png"))
 
 
 def test_ce_cnp_plots_with_only_one_of_its_inputs(tmp_path):

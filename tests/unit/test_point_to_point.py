@@ -94,10 +94,12 @@ def test_a_full_egress_reads_100_percent_with_its_queue_and_counters_inside_the_
     assert utilisation["t_s"].between(*window).all()
     settled = utilisation[utilisation["t_s"] > 1.1]  # past the 10 samples the utilisation is taken over
     assert settled["util_pct"].to_numpy() == pytest.approx(100.0)
-    plan = SimpleNamespace(egresses={("westb", "eastb"): SimpleNamespace(rate_bps=50e6, flows=2)})
+    plan = SimpleNamespace(egresses={("westb", "eastb"): SimpleNamespace(rate_bps=50e6, flows=2, kmin_bytes=9000,
+                                                                          kmax_bytes=18000)})
     (row,) = egress_table(queues, utilisation, [("westb", "eastb")], window, plan).to_dict("records")
     assert row["util_pct"] == pytest.approx(100.0) and row["queue_p99_ms"] == pytest.approx(2.0)
     assert (row["egress"], row["flows"], row["drops"], row["ce_marks"]) == ("westb->eastb", 2, 200, 2000)
+    assert (row["ecn_kmin_bytes"], row["ecn_kmax_bytes"]) == (9000, 18000)
     assert row["sent_bytes"] == pytest.approx(50e6 / 8 * 1.99, rel=1e-6)
 
 
