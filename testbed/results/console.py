@@ -14,7 +14,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
+console = Console(emoji=False)  # mode names like adaptive:loop are text, not rich's :loop: emoji code
 PROGRESS_EVERY_S = 10.0
 
 

@@ -42,6 +42,7 @@ QUEUE_KEYS = ["node", "peer", "intf"]  # one egress queue
 CAPTURE_FLOW_KEYS = ["src", "dst", "dqpn", "intf"]  # one queue pair as seen on one captured interface
 TIME_UNITS = ((1.0, "s"), (1e3, "ms"), (1e6, "us"))  # the first whose numbers reach 1 shows a span
 LEAD_S = 1.0  # queue plots start this long (wall time) before the ranks' first sample
+DODGE = 1.06  # the ablation's modes sit this factor apart along its log distance axis
 EVENT_BIN_S = 0.1  # CNPs (summed over the senders) and goodput per bin of this width (wall time)
 
 
@@ -288,7 +289,8 @@ def plot_bottleneck(utilisation: pd.DataFrame | None, path: Path) -> Path | None
 
 def plot_ablation(ablation: pd.DataFrame | None, path: Path) -> Path | None:
     """``testbed compare --ablation``: each mode's busbw ratio to the baseline against distance, with its 95 %
-    interval as bars (``testbed.experiments.comparison.Comparison.by_mode``); invalid points hollow."""
+    interval as bars (``testbed.experiments.comparison.Comparison.by_mode``), the modes side by side around each
+    distance; invalid points hollow."""
     if _absent(ablation):
         return None
     others = ablation[ablation["verdict"] != "reference"]
@@ -296,13 +298,13 @@ def plot_ablation(ablation: pd.DataFrame | None, path: Path) -> Path | None:
         return None
     figure, (axes,) = _figure(1)
     groups = list(others.groupby("mode", sort=False))
-    for color, (mode, rows) in zip(_colors(len(groups)), groups):
+    for index, (color, (mode, rows)) in enumerate(zip(_colors(len(groups)), groups)):
         rows = rows.sort_values("distance_km")
+        x = rows["distance_km"] * DODGE ** (index - (len(groups) - 1) / 2)  # side by side, not on top
         errors = [rows["ratio"] - rows["ci_low"], rows["ci_high"] - rows["ratio"]]
-        axes.errorbar(rows["distance_km"], rows["ratio"], yerr=errors, color=color, marker="o", capsize=3,
-                      label=mode)
-        invalid = rows[~rows["valid"].astype(bool)]
-        axes.scatter(invalid["distance_km"], invalid["ratio"], facecolors="white", edgecolors=[color], zorder=3)
+        axes.errorbar(x, rows["ratio"], yerr=errors, color=color, marker="o", capsize=3, label=mode)
+        invalid = ~rows["valid"].astype(bool)
+        axes.scatter(x[invalid], rows["ratio"][invalid], facecolors="white", edgecolors=[color], zorder=3)
     axes.axhline(1.0, color="0.4", linewidth=0.8, linestyle="--")
     axes.set_xscale("log")
     axes.set(xlabel="DCI distance (km)", ylabel="busbw / baseline (largest size)",

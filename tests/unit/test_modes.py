@@ -10,6 +10,7 @@ from controllers.swift import Swift
 from testbed.collective import nccl_tests
 from testbed.experiments.comparison import Comparison, ModeRun
 from testbed.experiments.modes import MECHANISMS, ablation_modes, lookup
+from testbed.results.console import say
 
 
 def test_a_mode_names_the_adaptive_controller_with_just_its_mechanisms():
@@ -69,3 +70,9 @@ def test_the_ablation_table_holds_each_mode_against_the_first_at_the_largest_siz
     assert delay["ratio"] == pytest.approx(210.0 / 105.0, rel=1e-3)
     assert delay["of_bound_pct"] == pytest.approx(100 * (1 << 22) * 8 / 105.0 / 320.0)
     assert (delay["dci_queue_p99_ms"], delay["drops"], delay["retransmitted"]) == (4.0, 1.0, 10.0)
+
+
+def test_every_ablation_mode_prints_by_its_name(capsys):
+    for mode in ablation_modes():  # rich would turn ":loop:" into an emoji
+        say(f"fidelity {mode}: faithful")
+    assert capsys.readouterr().out.splitlines() == [f"fidelity {mode}: faithful" for mode in ablation_modes()]
