@@ -31,14 +31,17 @@ from testbed.commands.options import (
     UsageError,
     add_algorithm_options,
     add_observe_options,
+    add_repeat_option,
     add_topology_options,
     algorithm_from,
     check_dilation,
+    check_repeat,
     exit_status,
     fabric,
     modes_from,
     observe_from,
     positive_finite,
+    probe_fabric,
     rerun_in_microvm_if_needed,
     resolve_dilation,
     results_dir,
@@ -47,22 +50,20 @@ from testbed.commands.options import (
     write_report,
 )
 from testbed.experiments.comparison import Comparison, compare, save
-from testbed.experiments.discovery import discover
 from testbed.experiments.modes import MECHANISMS, MODES, ablation_modes
 from testbed.model.dilation import header
 from testbed.model.units import propagation_delay_ms
 from testbed.net.topo import FabricTopo
 from testbed.observe.observing import Observe, observing
-from testbed.results.console import console, recording, say, stage
+from testbed.results.console import console, recording, say
 from testbed.results.live import LiveView, measurement_label
-from testbed.results.tables import discovery_table, frame_table
+from testbed.results.tables import frame_table
 from testbed.topologies import accepted_keywords
 
 COMPARE_SWEEP = "-b 4M -e 16M -f 4 -n 1 -w 0"
 ABLATION_CSV = "ablation.csv"
 MAX_DISTANCE_KM = 20_000.0  # half the Earth's circumference: no two sites are further apart
 MAX_TARGET_QUEUE_MS = 10_000.0
-DEFAULT_REPEATS, MAX_REPEATS = 3, 100
 DEFAULT_MODES = "baseline,adaptive"
 COMPARE_SCENARIO = {"hosts": 1, "host_bw_mbps": 400_000.0, "dci_bw_mbps": 400_000.0, "distance_km": 10.0}
 SHORT_NAMES = {"size_bytes": "size B", "bound_mbps": "bound", "completion_p50_ms": "done p50",
@@ -92,9 +93,7 @@ def add_parser(commands) -> None:
                         help="also sweep distance: every DCI set to each of these lengths in turn")
     parser.add_argument("--target-queue-ms", type=float,
                         help="DCI queueing delay the adaptive modes aim at (default max(RTT/20, 2 frames))")
-    parser.add_argument("--repeat", type=int, default=DEFAULT_REPEATS, metavar="N",
-                        help=f"run the modes N times, interleaved, and report medians, spread and a 95 %% interval "
-                             f"of each ratio (default {DEFAULT_REPEATS})")
+    add_repeat_option(parser, "report medians, spread and a 95 % interval of each ratio")
     parser.set_defaults(handler=handle, nccl_tests_options=True)
 
 
@@ -113,8 +112,7 @@ def handle(args: argparse.Namespace, argv: list[str]) -> int:
     distances = _distances(args.distances)
     if args.target_queue_ms is not None:
         positive_finite("--target-queue-ms", args.target_queue_ms, MAX_TARGET_QUEUE_MS)
-    if not 1 <= args.repeat <= MAX_REPEATS:
-        raise UsageError(f"--repeat {args.repeat} must be from 1 to {MAX_REPEATS}")
+    check_repeat(args)
     observe = observe_from(args, topo)
     check_dilation(args, topo)  # resolved where the fabric runs
     out = results_dir(args, "compare")
@@ -224,9 +222,7 @@ def _compare_on(topo: FabricTopo, dilation: float, options: nccl_tests.Options, 
     recording(lines)(header(dilation))
     total = 2 * options.measurements(len(topo.nodes_with(role="host"))) * len(modes) * repeats
     with fabric(topo, dilation) as tb:
-        with stage("probing the fabric: RTT and bottleneck rate between every pair of sites"):
-            paths = discover(tb)
-        console.print(discovery_table(paths))
+        paths = probe_fabric(tb)
         with observing(tb, out, observe, algorithm.nchannels) as telemetry, \
                 LiveView(console, telemetry, total, f"compare{tag}") as live:
             def advance(call: dict, answers: list[dict]) -> None:

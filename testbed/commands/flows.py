@@ -15,14 +15,18 @@ import sys
 import pandas as pd
 
 from testbed.collective import nccl_tests
+from testbed.collective.bounds import rank_sites
 from testbed.commands.options import (
     UsageError,
     add_observe_options,
+    add_repeat_option,
     add_topology_options,
     check_dilation,
+    check_repeat,
     fabric,
     modes_from,
     observe_from,
+    probe_fabric,
     rerun_in_microvm_if_needed,
     resolve_dilation,
     results_dir,
@@ -30,16 +34,14 @@ from testbed.commands.options import (
     topology_params,
     write_report,
 )
-from testbed.experiments.discovery import discover
 from testbed.experiments.flows import FlowsError, default_pairs, jain_index, parse_pairs, run_flows, summary
 from testbed.experiments.modes import MODES
 from testbed.model.dilation import header
 from testbed.observe.observing import observing
 from testbed.results.console import console, recording, say, stage
-from testbed.results.tables import discovery_table, frame_table
+from testbed.results.tables import frame_table
 
 DEFAULT_SIZE = "4M"
-DEFAULT_REPEATS, MAX_REPEATS = 3, 100
 MAX_SIZE_BYTES = 1 << 30  # a flow's bytes are held by its sender and its receiver at once
 FLOW_COLUMNS = {"src": "src", "dst": "dst", "fct_ms": "done ms", "goodput_mbps": "goodput", "fair_mbps": "fair",
                 "of_fair_pct": "% fair", "cnps": "CNPs", "retransmitted": "retx", "timeouts": "RTOs",
@@ -62,9 +64,7 @@ def add_parser(commands) -> None:
     parser.add_argument("--modes", default="baseline",
                         help=f"comma-separated, run in turn on the same fabric (from: {', '.join(MODES)}; "
                              "default baseline)")
-    parser.add_argument("--repeat", type=int, default=DEFAULT_REPEATS, metavar="N",
-                        help=f"run the modes N times, interleaved, and summarise medians and spread (default "
-                             f"{DEFAULT_REPEATS})")
+    add_repeat_option(parser, "summarise medians and spread")
     parser.set_defaults(handler=handle)
 
 
@@ -73,13 +73,12 @@ def handle(args: argparse.Namespace, argv: list[str]) -> int:
     topo = topo_cls(**topology_params(args, topo_cls))
     hosts = topo.nodes_with(role="host")  # in rank order, as ``Testbed.hosts()`` lists them
     try:
-        pairs = parse_pairs(args.flow, hosts) if args.flow else default_pairs(site_hosts(topo), hosts)
+        pairs = parse_pairs(args.flow, hosts) if args.flow else default_pairs(rank_sites(topo, hosts))
     except FlowsError as error:
         raise UsageError(f"--flow: {error}") from None
     nbytes = flow_size(args.size)
     modes = modes_from(args.modes)
-    if not 1 <= args.repeat <= MAX_REPEATS:
-        raise UsageError(f"--repeat {args.repeat} must be from 1 to {MAX_REPEATS}")
+    check_repeat(args)
     observe = observe_from(args, topo)
     check_dilation(args, topo)
     out = results_dir(args, "flows")
@@ -91,9 +90,7 @@ def handle(args: argparse.Namespace, argv: list[str]) -> int:
     recording(lines)(header(dilation))
     runs = []
     with fabric(topo, dilation) as tb:
-        with stage("probing the fabric: RTT and bottleneck rate between every pair of sites"):
-            paths = discover(tb)
-        console.print(discovery_table(paths))
+        paths = probe_fabric(tb)
         with observing(tb, out, observe, 1) as telemetry:
             for repeat in range(1, args.repeat + 1):
                 for mode in modes:
@@ -112,12 +109,6 @@ def handle(args: argparse.Namespace, argv: list[str]) -> int:
     write_report(out, f"{len(pairs)} flows under {', '.join(modes)}", argv, params, lines, None,
                  ["flows-summary.csv", "flows.csv", "flows-dci.csv"])
     return status(runs)
-
-
-def site_hosts(topo) -> list[list[str]]:
-    """Each site's host names, in the topology's order of sites."""
-    return [[h for h in topo.nodes_with(role="host") if topo.nodeInfo(h)["site"] == site.name]
-            for site in topo.fabric.sites]
 
 
 def flow_size(text: str) -> int:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from testbed.collective import nccl_tests
 from testbed.collective.schedules.model import Algorithm
+from testbed.experiments.discovery import SitePath, discover
 from testbed.experiments.modes import MODES, lookup
 from testbed.model import dilation
 from testbed.model.fabric import LinkConfig
@@ -27,7 +28,8 @@ from testbed.observe.capture import DEFAULT_MAX_MB, HEADERS_SNAPLEN, RING_FILES,
 from testbed.observe.observing import Observe
 from testbed.observe.telemetry import SCOPES
 from testbed.results import report
-from testbed.results.console import say, stage
+from testbed.results.console import console, say, stage
+from testbed.results.tables import discovery_table
 from testbed.roce import budget
 from testbed.roce.rocev2 import data_frame_bytes
 from testbed.topologies import DEFAULT_TOPOLOGY, accepted_keywords, load_topology, script_path
@@ -246,6 +248,29 @@ def modes_from(spec: str) -> list[str]:
         except ValueError as error:
             raise UsageError(f"--modes {spec!r}: {error}") from None
     return modes
+
+
+DEFAULT_REPEATS, MAX_REPEATS = 3, 100
+
+
+def add_repeat_option(parser: argparse.ArgumentParser, reported: str) -> None:
+    """``--repeat N``: run the modes N times, interleaved, and report ``reported``."""
+    parser.add_argument("--repeat", type=int, default=DEFAULT_REPEATS, metavar="N",
+                        help=f"run the modes N times, interleaved, and {reported.replace('%', '%%')} (default "
+                             f"{DEFAULT_REPEATS})")
+
+
+def check_repeat(args) -> None:
+    if not 1 <= args.repeat <= MAX_REPEATS:
+        raise UsageError(f"--repeat {args.repeat} must be from 1 to {MAX_REPEATS}")
+
+
+def probe_fabric(tb) -> list[SitePath]:
+    """The controller's paths, probed as a stage the user sees and printed as a table."""
+    with stage("probing the fabric: RTT and bottleneck rate between every pair of sites"):
+        paths = discover(tb)
+    console.print(discovery_table(paths))
+    return paths
 
 
 # -- where a command runs and what it leaves ------------------------------------------------------------------

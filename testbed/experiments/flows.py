@@ -58,13 +58,13 @@ def parse_pairs(specs: list[str], hosts: list[str]) -> list[tuple[int, int]]:
     return pairs
 
 
-def default_pairs(sites: list[list[str]], hosts: list[str]) -> list[tuple[int, int]]:
-    """Every host of the first site into the hosts of the last one, in turn: with one receiver, an incast
-    across the DCI (``sites``: each site's host names, in the topology's order)."""
+def default_pairs(sites: tuple[tuple[int, ...], ...]) -> list[tuple[int, int]]:
+    """Every rank of the first site into the ranks of the last one, in turn: with one receiver, an incast
+    across the DCI (``sites``: the ranks of each site, in the topology's order, ``bounds.rank_sites``)."""
     if len(sites) < 2:
         raise FlowsError("the default flows cross sites and this fabric has one: give the flows")
     senders, receivers = sites[0], sites[-1]
-    return [(hosts.index(src), hosts.index(receivers[i % len(receivers)])) for i, src in enumerate(senders)]
+    return [(src, receivers[i % len(receivers)]) for i, src in enumerate(senders)]
 
 
 @dataclass

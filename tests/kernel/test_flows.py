@@ -11,7 +11,7 @@ for a larger k, and the flows remain exact).
 import pytest
 from dilated import TELEMETRY_S
 
-from testbed.collective.bounds import PACKET_OVERHEAD, PACKET_PAYLOAD
+from testbed.collective.bounds import PACKET_OVERHEAD, PACKET_PAYLOAD, rank_sites
 from testbed.experiments.discovery import discover
 from testbed.experiments.flows import default_pairs, jain_index, run_flows
 from testbed.model import dilation
@@ -34,7 +34,7 @@ def test_an_incast_across_the_dci_is_delivered_exactly_within_the_bottleneck_rat
     k = dilation.auto(budget.measure(len(topo.nodes_with(role="host"))), budget.busiest_link(topo)[2])
     with Testbed(topo, k) as tb:
         hosts = [h.name for h in tb.hosts()]
-        pairs = default_pairs([[h.name for h in tb.hosts(site.name)] for site in topo.fabric.sites], hosts)
+        pairs = default_pairs(rank_sites(topo, hosts))
         paths = discover(tb)
         with Telemetry(tb, TELEMETRY_S) as telemetry:
             runs = [run_flows(tb, pairs, FLOW_BYTES, mode, paths, telemetry)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from testbed.collective.bounds import PACKET_OVERHEAD, PACKET_PAYLOAD, _route, fair_shares
+from testbed.collective.bounds import PACKET_OVERHEAD, PACKET_PAYLOAD, _route, fair_shares, rank_sites
 from testbed.experiments.flows import (
     FlowsError,
     FlowsRun,
@@ -32,10 +32,11 @@ def test_flows_are_named_by_host_and_become_rank_pairs():
 
 
 def test_the_default_is_every_host_of_the_first_site_into_the_last_sites_hosts_in_turn():
-    sites = [["westh1", "westh2", "westh3"], ["easth1", "easth2"]]
-    assert default_pairs(sites, HOSTS) == [(2, 0), (3, 1), (4, 0)]
+    topo = Dumbbell(senders=3, receivers=2)
+    assert topo.nodes_with(role="host") == HOSTS  # rank order
+    assert default_pairs(rank_sites(topo, HOSTS)) == [(2, 0), (3, 1), (4, 0)]
     with pytest.raises(FlowsError, match="has one"):
-        default_pairs([HOSTS], HOSTS)
+        default_pairs((tuple(range(len(HOSTS))),))
 
 
 def test_fair_shares_fill_the_dci_equally_and_give_the_rest_of_a_receivers_link_to_a_local_flow():
