@@ -298,21 +298,21 @@ def fair_shares(graph: nx.Graph, pairs: Sequence[tuple[str, str]]) -> list[float
     a link is full, freeze the flows crossing it, repeat with the rest.  Links are the routed ones every
     equal-cost path uses, as for the bandwidth term; a flow's wire rate becomes goodput at full packets
     (``PACKET_PAYLOAD`` of every ``PACKET_PAYLOAD + PACKET_OVERHEAD`` bytes)."""
-    routes = [_route(graph, src, dst).links for src, dst in pairs]
+    routes = [set(_route(graph, src, dst).links) for src, dst in pairs]
     capacity = {link: _rate_bytes_per_s(graph, *link) for links in routes for link in links}
+    crossing = {link: [f for f, links in enumerate(routes) if link in links] for link in capacity}
     rate = [0.0] * len(pairs)
     active = set(range(len(pairs)))
     while active:
-        users = {link: [f for f in active if link in routes[f]] for link in capacity}
-        increments = [(capacity[link] - sum(rate[f] for f in range(len(pairs)) if link in routes[f])) / len(flows)
-                      for link, flows in users.items() if flows]
+        spare = {link: capacity[link] - sum(rate[f] for f in flows) for link, flows in crossing.items()}
+        shared = {link: sum(1 for f in flows if f in active) for link, flows in crossing.items()}
+        increments = [spare[link] / count for link, count in shared.items() if count]
         if not increments:  # flows that cross no shaped link (none in a fabric: hosts have links)
             break
         step = min(increments)
         for f in active:
             rate[f] += step
-        full = {link for link, flows in users.items()
-                if flows and capacity[link] - sum(rate[f] for f in range(len(pairs)) if link in routes[f]) <= 1e-9
-                * capacity[link]}
-        active -= {f for f in active if full & set(routes[f])}
+        full = {link for link, count in shared.items()
+                if count and spare[link] - step * count <= 1e-9 * capacity[link]}
+        active -= {f for f in active if full & routes[f]}
     return [r * PACKET_PAYLOAD / (PACKET_PAYLOAD + PACKET_OVERHEAD) for r in rate]

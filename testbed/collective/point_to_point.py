@@ -20,7 +20,6 @@ import numpy as np
 
 from testbed.collective.rank_links import RankLinks
 from testbed.collective.schedules.checking import rank_input
-from testbed.roce.nic import run
 
 FLOW_DTYPE = np.dtype(np.uint8)  # a flow is bytes; the inputs' values (1..7) still catch misplaced data
 
@@ -50,11 +49,10 @@ def run_flows(command: dict, links: RankLinks) -> list[dict]:
     ended: dict[int, int] = {}
 
     def arrived() -> bool:
-        return links.tick() or any(links.receiver(src, 0).has_message() for src in incoming if src not in ended)
+        return any(links.receiver(src, 0).has_message() for src in incoming if src not in ended)
 
     while len(ended) < len(incoming):
-        if not run([links.nic], arrived, links.step_timeout_s, links.max_wait_ns):
-            raise TimeoutError(f"rank {rank}: no data arrived for {links.step_timeout_s:g} s")
+        links.serve_until(arrived, "no data arrived for")
         for src, received in incoming.items():
             receiver = links.receiver(src, 0)
             while src not in ended and receiver.has_message():
@@ -64,9 +62,7 @@ def run_flows(command: dict, links: RankLinks) -> list[dict]:
     for src, received in incoming.items():
         rows.append({"src": src, "dst": rank, "bytes": len(received), "end_ns": ended[src],
                      "wrong": wrong_bytes(received, flow_input(src, nbytes, seed))})
-    if not run([links.nic], lambda: links.tick() or links.all_acknowledged(), links.step_timeout_s,
-               links.max_wait_ns):
-        raise TimeoutError(f"rank {rank}: flows unacknowledged after {links.step_timeout_s:g} s")
+    links.serve_until(links.all_acknowledged, "flows unacknowledged after")
     return rows
 
 

@@ -72,15 +72,12 @@ def execute(schedule: Schedule, buffers: dict[str, np.ndarray], links: RankLinks
                 if remaining[successor] == 0:
                     ready.append(successor)
         if done < len(schedule.steps):
-            if not run([links.nic], lambda: links.tick() or any(r.has_message() for r in blocked.values()),
-                       links.step_timeout_s, links.max_wait_ns):
-                raise TimeoutError(f"rank {schedule.rank}: no chunk arrived for {links.step_timeout_s:g} s")
+            links.serve_until(lambda: any(r.has_message() for r in blocked.values()), "no chunk arrived for")
             arrived = [i for i, r in blocked.items() if r.has_message()]
             for i in arrived:
                 del blocked[i]
             ready.extend(sorted(arrived))
-    if not run([links.nic], lambda: links.tick() or links.all_acknowledged(), links.step_timeout_s, links.max_wait_ns):
-        raise TimeoutError(f"rank {schedule.rank}: chunks unacknowledged after {links.step_timeout_s:g} s")
+    links.serve_until(links.all_acknowledged, "chunks unacknowledged after")
 
 
 def measure(command: dict, links: RankLinks) -> dict:

@@ -13,7 +13,7 @@ from controllers.registry import from_spec
 from testbed.collective.control_channel import ControlClient
 from testbed.collective.flow_samples import FlowSampler
 from testbed.collective.qp_numbers import receiver_qpn, sender_qpn
-from testbed.roce.nic import MAX_WAIT_NS, Nic
+from testbed.roce.nic import MAX_WAIT_NS, Nic, run
 from testbed.roce.receiver import Receiver
 from testbed.roce.sender import Sender
 from testbed.roce.transport import TransportConfig
@@ -108,6 +108,12 @@ class RankLinks:
         """What the event loop does besides moving packets: apply control messages, sample the flows."""
         self.poll_control()
         self.telemetry.maybe_sample(self.senders, self.receivers)
+
+    def serve_until(self, done, failure: str) -> None:
+        """Serve the NIC (and ``tick``) until ``done()``; a TimeoutError "rank R: <failure> <timeout> s" when no
+        progress came within the step timeout (a peer died)."""
+        if not run([self.nic], lambda: self.tick() or done(), self.step_timeout_s, self.max_wait_ns):
+            raise TimeoutError(f"rank {self.rank}: {failure} {self.step_timeout_s:g} s")
 
     def counters(self) -> dict:
         """The senders' counters summed: what the controller reports per run."""
