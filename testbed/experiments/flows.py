@@ -100,27 +100,28 @@ def run_flows(tb, pairs: list[tuple[int, int]], nbytes: int, mode: str, paths: l
     with controller.ranks(plan, 1, telemetry.interval_s) as ranks:
         answers = ranks.run(command)
     telemetry.on_answers({"size_bytes": nbytes, "in_place": False}, answers)
-    flows = flow_table(tb, pairs, answers, telemetry)
+    frames = telemetry.frames()
+    flows = flow_table(tb, pairs, answers, telemetry, _last_sender_rows(frames["flows"], label))
     crossed = [hop for hop, egress in plan.egresses.items() if egress.crossing]
     window = (flows["start_s"].min(), flows["end_s"].max())
-    queues = telemetry.frames()["queues"]
-    queues = queues[queues["mode"] == label]
+    queues = frames["queues"][frames["queues"]["mode"] == label]
     utilisation = utilisation_table(queues, crossed, window)
     verdict = next((v for v in telemetry.verdicts() if v.mode == label), None)
     return FlowsRun(mode, flows, egress_table(queues, utilisation, crossed, window, plan), utilisation, verdict,
                     label, repeat)
 
 
-def flow_table(tb, pairs: list[tuple[int, int]], answers: list[dict], telemetry) -> pd.DataFrame:
-    """One row per flow: ends, bytes, completion time and goodput, fair share, the sender's counters, and when
-    it started and ended (``start_s``, ``end_s``: declared seconds on the telemetry's axis)."""
+def flow_table(tb, pairs: list[tuple[int, int]], answers: list[dict], telemetry,
+               senders: dict[tuple[int, int], dict]) -> pd.DataFrame:
+    """One row per flow: ends, bytes, completion time and goodput, fair share, the sender's counters (``senders``,
+    by (rank, peer)), and when it started and ended (``start_s``, ``end_s``: declared seconds on the
+    telemetry's axis)."""
     hosts = [h.name for h in tb.hosts()]
     ends = {}
     for answer in answers:
         for row in answer["ends"]:
             ends.setdefault((row["src"], row["dst"]), {}).update(row)
     shares = fair_shares(tb.graph, [(hosts[s], hosts[d]) for s, d in pairs])
-    senders = _last_sender_rows(telemetry)
     rows = []
     for (src, dst), share in zip(pairs, shares):
         end = ends[(src, dst)]
@@ -137,12 +138,12 @@ def flow_table(tb, pairs: list[tuple[int, int]], answers: list[dict], telemetry)
     return pd.DataFrame(rows)
 
 
-def _last_sender_rows(telemetry) -> dict[tuple[int, int], dict]:
-    """Each (rank, peer)'s sender counters at its last sample of the current mode (cumulative per run)."""
-    frame = telemetry.frames()["flows"]
-    if frame.empty:
+def _last_sender_rows(flows: pd.DataFrame, mode: str) -> dict[tuple[int, int], dict]:
+    """Each (rank, peer)'s sender counters at its last sample of ``mode`` in the telemetry's ``flows`` table
+    (cumulative per run)."""
+    if flows.empty:
         return {}
-    senders = frame[(frame["mode"] == telemetry.mode) & (frame["side"] == "sender")]
+    senders = flows[(flows["mode"] == mode) & (flows["side"] == "sender")]
     last = senders.sort_values("t_s").groupby(["rank", "peer"]).last()
     return {(int(rank), int(peer)): row.to_dict() for (rank, peer), row in last.iterrows()}
 
@@ -153,7 +154,7 @@ def utilisation_table(queues: pd.DataFrame, egresses: list[tuple[str, str]],
     ``UTILISATION_SAMPLES`` samples, and its queueing delay."""
     frames = []
     for node, peer in egresses:
-        q = queues[(queues["node"] == node) & (queues["peer"] == peer)].sort_values("t_s")
+        q = _samples_of(queues, node, peer)
         n = UTILISATION_SAMPLES
         sent = q["sent_bytes"].diff(n) * 8 / q["t_s"].diff(n) / q["rate_bps"]
         frame = pd.DataFrame({"t_s": q["t_s"], "egress": f"{node}->{peer}", "util_pct": 100 * sent,
@@ -172,7 +173,7 @@ def egress_table(queues: pd.DataFrame, utilisation: pd.DataFrame, egresses: list
     for node, peer in egresses:
         name = f"{node}->{peer}"
         u = utilisation[utilisation["egress"] == name]
-        q = queues[(queues["node"] == node) & (queues["peer"] == peer)].sort_values("t_s")
+        q = _samples_of(queues, node, peer)
         inside = q[(q["t_s"] >= window[0]) & (q["t_s"] <= window[1])]
         egress = plan.egresses[(node, peer)]
         rate_bps = egress.rate_bps
@@ -188,6 +189,11 @@ def egress_table(queues: pd.DataFrame, utilisation: pd.DataFrame, egresses: list
                      "ce_marks": _change(q, "ecn_marks"),
                      "window_s": window[1] - window[0]})
     return pd.DataFrame(rows)
+
+
+def _samples_of(queues: pd.DataFrame, node: str, peer: str) -> pd.DataFrame:
+    """The egress ``node -> peer``'s rows of the telemetry's ``queues`` table, in time order."""
+    return queues[(queues["node"] == node) & (queues["peer"] == peer)].sort_values("t_s")
 
 
 def _change(samples: pd.DataFrame, column: str) -> int:
