@@ -52,8 +52,8 @@ share one guard: none within rp_rate_reduce_monitor_period (one RTT) of the prev
 Mechanisms, each switchable on its own (``AdaptiveParams.mechanisms``, the spec's ``mechanisms``; all by default),
 so an ablation can measure what each buys (issue 14):
 
-  timers   the DCQCN knobs above, derived from the path; without it the intra-datacenter defaults scaled to
-           the line rate (``DcqcnParams().scaled_to``), what the baseline runs
+  timers   the DCQCN knobs above, derived from the path; without it the mlx5 firmware defaults
+           (``dcqcn.MLX5_FIRMWARE``), what the baseline runs
   window   start at the share and keep in flight at most the window; without it the flow starts
            unthrottled at line rate, as DCQCN does, and has no window
   delay    the delay signal; without it only CNPs cut
@@ -75,7 +75,7 @@ fabric keeps its shallow defaults.
 import math
 from dataclasses import dataclass, fields
 
-from controllers.dcqcn import Dcqcn, DcqcnParams
+from controllers.dcqcn import MLX5_FIRMWARE, Dcqcn, DcqcnParams
 
 TARGET_RTT_FRACTION = 20  # target queue >= RTT / 20
 MIN_QUEUE_FRAMES = 2  # ... and >= 2 frames, as are the window and Kmin
@@ -187,7 +187,7 @@ class AdaptiveParams:
             rp_byte_reset_bytes=max(path.frame_bytes, math.ceil(path.bdp_bytes)), rp_threshold=5,
             rp_dce_tcp_g=DCTCP_G, rp_dce_tcp_rtt_ns=rtt, rp_initial_alpha_value=INITIAL_ALPHA,
             rp_rate_reduce_monitor_period_ns=rtt, np_min_time_between_cnps_ns=rtt // CNPS_PER_RTT,
-        ) if "timers" in mechanisms else DcqcnParams().scaled_to(path.line_rate_bps)
+        ) if "timers" in mechanisms else MLX5_FIRMWARE.at_line_rate(path.line_rate_bps)
         start = min(path.line_rate_bps, share) if "window" in mechanisms else path.line_rate_bps
         return cls(dcqcn=dcqcn, start_rate_bps=start, cwnd_bytes=window_bytes(path, target),
                    base_rtt_ns=rtt, target_queue_ns=target, delay_beta=delay_beta, max_decrease=max_decrease,

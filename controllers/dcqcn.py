@@ -26,18 +26,36 @@ alpha keeps rp_initial_alpha_value rather than decaying from the flow's start.
 Notification point (the receiver, ``CnpPacer``): when a CE-marked packet of a flow arrives and no CNP was
 sent for that flow in the last np_min_time_between_cnps, send one (the paper's N).
 
-Defaults (``DcqcnParams``), for intra-datacenter RTTs of a few microseconds:
-  the paper's   g = 1/256, K = 55 us, F = 5, byte counter 10 MB, N = 50 us, initial alpha 1, and its
-                testbed's 40 Gbit/s line rate;
-  mlx5's        rp_time_reset 300 us, R_AI 5 Mbit/s, R_HAI 50 Mbit/s, rp_min_rate 1 Mbit/s,
-                rate_reduce_monitor_period 4 us (firmware defaults as mlxconfig reports them).
-mlx5 firmware differs elsewhere: rpg_threshold 1, alpha updated once per dce_tcp_rtt = 1 us with
-g = 5/1024 (dce_tcp_g 1019), initial alpha 1023/1024, rpg_byte_reset 32767, min_time_between_cnps 4 us;
-and it has knobs not implemented here: rpg_gd (how alpha maps to the cut in its fixed point),
-rpg_min_dec_fac (a floor on one cut, 50 % by default, which RC * (1 - alpha / 2) never goes below),
-clamp_tgt_rate (here RT <- RC on every cut, as in the paper) and rate_to_set_on_first_cnp.
+Two sets of knobs (``DcqcnParams``):
+  ``MLX5_FIRMWARE``, what ships and what the testbed's NICs run (the baseline, every intra-site path): the
+                mlx5 firmware defaults as ``mstconfig -e q`` reports them on a ConnectX-4 Lx (Default =
+                Current for every knob; captured in k8snetworkplumbingwg/sriov-network-operator
+                pkg/vendors/mellanox/mellanox_test.go) and as NVIDIA's "DCQCN CC parameters" page defines
+                them: rpg_time_reset 300 us, rpg_byte_reset 32767 B, rpg_threshold 1, rpg_ai_rate 5 Mbit/s,
+                rpg_hai_rate 50 Mbit/s, rpg_min_rate 1 Mbit/s, rate_reduce_monitor_period 4 us,
+                initial_alpha_value 1023 (of 1024), dce_tcp_rtt 1 us, dce_tcp_g 1019 (alpha keeps
+                1019/1024 of itself per dce_tcp_rtt: g = 5/1024, by NVIDIA's page; an older mstflint
+                comment reads it the other way round, which would make alpha forget a CNP within 1 us),
+                min_time_between_cnps 4 us.  Rates and times are absolute, as the firmware has them: a
+                run declared at real rates (``testbed.model.dilation``) runs them as a NIC does.  The
+                line rate (rp_max_rate) is the host's.
+  ``PAPER``     the SIGCOMM 2015 paper's: g = 1/256, K = 55 us, F = 5, byte counter 10 MB, N = 50 us,
+                initial alpha 1, the mlx5 timer and rates, at the paper's 40 Gbit/s; the testbed's baseline
+                until 2026-12-07, kept as the mode ``dcqcn-paper`` (rates ``scaled_to`` the line rate).
+mlx5 knobs not implemented here: rpg_gd 11 (the cut is RC * (1 - alpha / 2^11) with alpha in 1/1024ths,
+i.e. the paper's RC * (1 - alpha / 2)), rpg_min_dec_fac 50 % (a floor on one cut, which RC * (1 - alpha /
+2) never goes below), clamp_tgt_rate 0 with clamp_tgt_rate_after_time_inc 1 (the firmware sets RT <- RC on
+a cut only if the timer raised the rate last; here on every cut, as in the paper) and
+rate_to_set_on_first_cnp 0 (line rate, as here).
 
-Slow emulated links: ``DcqcnParams.scaled_to(line_rate_bps)`` multiplies every rate knob and the byte
+Slow declared fabrics: the firmware's absolute knobs were made for 10-400 Gbit/s NICs.  Its alpha clock
+(5/1024 per microsecond) and CNP guard (4 us) count packets: at 400 Gbit/s a 4 KB packet takes 82 ns and
+CNPs can come 50 packets apart, while on a link declared at 500 Mbit/s one packet takes 65 us, alpha loses
+27 % between two packets and the cuts shrink to about 1 %.  The baseline on such a fabric is weaker than on
+the NIC it models; the commands say so (``slow_fabric_note``).  ``PAPER.scaled_to(line_rate)`` keeps every
+rate's share of the link instead (times kept): the paper's DCQCN seen at a slower line rate.
+
+``scaled_to`` and ``stretched``: ``scaled_to(line_rate_bps)`` multiplies every rate knob and the byte
 counter by line_rate / rp_max_rate, so each keeps the share of the link it has at 40 Gbit/s; times stay, so
 their ratio to real propagation delays stays too.  But DCQCN's balance also rests on packet counts: at
 40 Gbit/s the 300 us increase timer spans ~370 packets of 4 KB and CNPs come at most every ~60, so under
@@ -58,7 +76,8 @@ from controllers.base import CongestionControl
 
 @dataclass(frozen=True)
 class DcqcnParams:
-    """DCQCN knobs; rates in bits/s, times in ns, the byte counter in bytes."""
+    """DCQCN knobs; rates in bits/s, times in ns, the byte counter in bytes.  The defaults are the paper's
+    (``PAPER``); what ships is ``MLX5_FIRMWARE``."""
 
     rp_max_rate_bps: float = 40e9
     rp_min_rate_bps: float = 1e6
@@ -98,6 +117,10 @@ class DcqcnParams:
                        rp_ai_rate_bps=self.rp_ai_rate_bps * scale, rp_hai_rate_bps=self.rp_hai_rate_bps * scale,
                        rp_byte_reset_bytes=max(1, round(self.rp_byte_reset_bytes * scale)))
 
+    def at_line_rate(self, line_rate_bps: float) -> "DcqcnParams":
+        """These parameters on a NIC of ``line_rate_bps``: only rp_max_rate changes, as on a real NIC."""
+        return replace(self, rp_max_rate_bps=line_rate_bps)
+
     def stretched(self, factor: float) -> "DcqcnParams":
         """These parameters with every time knob and the byte counter multiplied by ``factor``.
 
@@ -112,11 +135,45 @@ class DcqcnParams:
         return replace(self, **stretched, rp_byte_reset_bytes=max(1, round(self.rp_byte_reset_bytes * factor)))
 
 
+PAPER = DcqcnParams()
+
+#: mlx5 firmware defaults, each as ``mstconfig`` names it (module docstring for the sources); 40 Gbit/s stands
+#: for the host's line rate, which ``at_line_rate`` sets.
+MLX5_FIRMWARE = DcqcnParams(
+    rp_min_rate_bps=1e6,  # RPG_MIN_RATE 1 (Mbit/s)
+    rp_ai_rate_bps=5e6,  # RPG_AI_RATE 5 (Mbit/s)
+    rp_hai_rate_bps=50e6,  # RPG_HAI_RATE 50 (Mbit/s)
+    rp_time_reset_ns=300_000,  # RPG_TIME_RESET 300 (us)
+    rp_byte_reset_bytes=32_767,  # RPG_BYTE_RESET 32767 (bytes)
+    rp_threshold=1,  # RPG_THRESHOLD 1
+    rp_dce_tcp_g=5 / 1024,  # DCE_TCP_G 1019: alpha keeps 1019/1024 of itself per update
+    rp_dce_tcp_rtt_ns=1_000,  # DCE_TCP_RTT 1 (us)
+    rp_initial_alpha_value=1023 / 1024,  # INITIAL_ALPHA_VALUE 1023 (of 1024)
+    rp_rate_reduce_monitor_period_ns=4_000,  # RATE_REDUCE_MONITOR_PERIOD 4 (us)
+    np_min_time_between_cnps_ns=4_000,  # MIN_TIME_BETWEEN_CNPS 4 (us)
+)
+
+#: The slowest line rate of the NICs those firmware defaults ship on (ConnectX-4 Lx: 10-50 Gbit/s ports).
+MLX5_SLOWEST_LINE_RATE_BPS = 10e9
+
+
+def slow_fabric_note(line_rate_bps: float) -> str | None:
+    """One line for a user whose declared NICs are slower than any that ships these firmware defaults: the
+    baseline's absolute knobs then see far fewer packets per alpha update than on the NIC (module docstring)."""
+    if line_rate_bps >= MLX5_SLOWEST_LINE_RATE_BPS:
+        return None
+    return (f"note: the NICs are declared at {line_rate_bps / 1e9:g} Gbit/s, below the "
+            f"{MLX5_SLOWEST_LINE_RATE_BPS / 1e9:g} Gbit/s of the slowest NIC shipping mlx5's DCQCN defaults: "
+            "the baseline's alpha (5/1024 per us) sees few packets between CNPs and cuts less than on a real "
+            "NIC; declare real rates (dilation keeps them affordable) or compare with dcqcn-paper")
+
+
 class Dcqcn(CongestionControl):
     """DCQCN reaction point of one flow.  It reacts to CNPs only: ACKs, losses and timeouts leave the rate
     alone, as on RoCE NICs, which recover losses by go-back-N without slowing down.
 
-    Spec: ``line_rate_bps`` (the defaults ``scaled_to`` it) and optionally ``stretch`` (``stretched`` by it).
+    Spec: ``line_rate_bps``, and ``profile``: ``mlx5`` (the default: ``MLX5_FIRMWARE`` on that line rate) or
+    ``paper`` (``PAPER`` ``scaled_to`` it, and ``stretched`` by the optional ``stretch``).
     """
 
     kind = "dcqcn"
@@ -131,7 +188,7 @@ class Dcqcn(CongestionControl):
 
     @classmethod
     def from_spec(cls, spec: dict) -> "Dcqcn":
-        return cls(DcqcnParams().scaled_to(spec["line_rate_bps"]).stretched(spec.get("stretch", 1.0)))
+        return cls(params_from_spec(spec))
 
     @property
     def rate_bps(self) -> float:
@@ -194,17 +251,32 @@ class Dcqcn(CongestionControl):
         self._rc = (self._rt + self._rc) / 2
 
 
-class CnpPacer:
-    """DCQCN notification point for one flow: at most one CNP per interval while CE-marked packets arrive."""
+def params_from_spec(spec: dict) -> DcqcnParams:
+    """The knobs a ``Dcqcn`` spec describes (see ``Dcqcn``); a one-line ValueError for an unknown profile."""
+    profile, line = spec.get("profile", "mlx5"), spec["line_rate_bps"]
+    if profile == "mlx5":
+        return MLX5_FIRMWARE.at_line_rate(line)
+    if profile == "paper":
+        return PAPER.scaled_to(line).stretched(spec.get("stretch", 1.0))
+    raise ValueError(f"unknown DCQCN profile {profile!r} (profiles: mlx5, paper)")
 
-    def __init__(self, min_interval_ns: int = DcqcnParams.np_min_time_between_cnps_ns) -> None:
-        if min_interval_ns < 0:
+
+class CnpPacer:
+    """DCQCN notification point for one flow: at most one CNP per interval while CE-marked packets arrive.
+
+    An interval of None switches it off: a border answers the flow's marks instead (near-source feedback,
+    ``testbed.collective.near_source``)."""
+
+    def __init__(self, min_interval_ns: int | None) -> None:
+        if min_interval_ns is not None and min_interval_ns < 0:
             raise ValueError(f"min_interval_ns must be >= 0, got {min_interval_ns}")
         self.min_interval_ns = min_interval_ns
         self._last_cnp_ns: int | None = None
 
     def on_ce(self, now_ns: int) -> bool:
         """A CE-marked packet of the flow arrived at ``now_ns``: whether to send a CNP now."""
+        if self.min_interval_ns is None:
+            return False
         if self._last_cnp_ns is not None and now_ns - self._last_cnp_ns < self.min_interval_ns:
             return False
         self._last_cnp_ns = now_ns

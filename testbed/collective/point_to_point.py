@@ -33,8 +33,9 @@ def run_flows(command: dict, links: RankLinks) -> list[dict]:
     """Send this rank's flows and receive the ones addressed to it (``command["pairs"]``: [src, dst] ranks,
     each flow ``command["bytes"]`` long); one row per flow this rank is an end of.
 
-    Rows: ``src``, ``dst``, ``bytes``, and the sender's ``start_ns`` or the receiver's ``end_ns`` (when its
-    last message was taken) and ``wrong`` (bytes that differ from the sender's input)."""
+    Rows: ``src``, ``dst``, ``bytes``, and the sender's ``start_ns`` and ``first_cnp_ns`` (when its first CNP
+    arrived, None if none did) or the receiver's ``end_ns`` (when its last message was taken) and ``wrong``
+    (bytes that differ from the sender's input)."""
     rank, nbytes, chunk, seed = links.rank, command["bytes"], command["chunk_bytes"], command["seed"]
     pairs = [tuple(pair) for pair in command["pairs"]]
     rows = []
@@ -63,6 +64,10 @@ def run_flows(command: dict, links: RankLinks) -> list[dict]:
         rows.append({"src": src, "dst": rank, "bytes": len(received), "end_ns": ended[src],
                      "wrong": wrong_bytes(received, flow_input(src, nbytes, seed))})
     links.serve_until(links.all_acknowledged, "flows unacknowledged after")
+    for row in rows:
+        if "start_ns" in row:
+            events = links.sender(row["dst"], 0).series
+            row["first_cnp_ns"] = next((e["t_ns"] for e in events if e["event"] == "cnp"), None)
     return rows
 
 

@@ -81,7 +81,8 @@ class RankLinks:
 
     def apply(self, message: dict) -> None:
         """A controller message: ``{"cc": {peer: spec}}`` gives those peers' senders a fresh congestion
-        control; ``{"cnp_interval_ns": {peer: ns}}`` paces the CNPs this rank's receivers send them;
+        control; ``{"cnp_interval_ns": {peer: ns or None}}`` paces the CNPs this rank's receivers send them
+        (None: none, a border answers their marks, ``testbed.collective.near_source``);
         ``{"pace": {peer: bits/s or None}}`` caps (or uncaps) the senders' pacing rate.  Declared units."""
         for peer, spec in message.get("cc", {}).items():
             self.cc_specs[int(peer)] = spec
@@ -89,7 +90,7 @@ class RankLinks:
                 sender.cc = self._congestion_control(spec)
         for peer, interval in message.get("cnp_interval_ns", {}).items():
             for receiver in _of_peer(self.receivers, peer):
-                receiver.set_cnp_interval(round(interval * self.dilation))
+                receiver.set_cnp_interval(None if interval is None else round(interval * self.dilation))
         for peer, cap in message.get("pace", {}).items():
             for sender in _of_peer(self.senders, peer):
                 sender.max_rate_bps = None if cap is None else cap / self.dilation

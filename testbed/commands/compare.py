@@ -39,6 +39,7 @@ from testbed.commands.options import (
     exit_status,
     fabric,
     modes_from,
+    note_slow_nics,
     observe_from,
     positive_finite,
     probe_fabric,
@@ -221,6 +222,7 @@ def _compare_on(topo: FabricTopo, dilation: float, options: nccl_tests.Options, 
     target_ns = None if target_queue_ms is None else round(target_queue_ms * 1e6)
     recording(lines)(header(dilation))
     total = 2 * options.measurements(len(topo.nodes_with(role="host"))) * len(modes) * repeats
+    note_slow_nics(topo)
     with fabric(topo, dilation) as tb:
         paths = probe_fabric(tb)
         with observing(tb, out, observe, algorithm.nchannels) as telemetry, \

@@ -25,6 +25,7 @@ from testbed.commands.options import (
     check_repeat,
     fabric,
     modes_from,
+    note_slow_nics,
     observe_from,
     probe_fabric,
     rerun_in_microvm_if_needed,
@@ -89,6 +90,7 @@ def handle(args: argparse.Namespace, argv: list[str]) -> int:
     lines = []
     recording(lines)(header(dilation))
     runs = []
+    note_slow_nics(topo)
     with fabric(topo, dilation) as tb:
         paths = probe_fabric(tb)
         with observing(tb, out, observe, 1) as telemetry:

@@ -14,6 +14,7 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
+from controllers.dcqcn import slow_fabric_note
 from testbed.collective import nccl_tests
 from testbed.collective.schedules.model import Algorithm
 from testbed.experiments.discovery import SitePath, discover
@@ -263,6 +264,14 @@ def add_repeat_option(parser: argparse.ArgumentParser, reported: str) -> None:
 def check_repeat(args) -> None:
     if not 1 <= args.repeat <= MAX_REPEATS:
         raise UsageError(f"--repeat {args.repeat} must be from 1 to {MAX_REPEATS}")
+
+
+def note_slow_nics(topo: FabricTopo) -> None:
+    """Say so when the declared NICs are slower than any that ships the baseline's DCQCN firmware defaults."""
+    slowest = min(site.host_link.bw_mbps for site in topo.fabric.sites) * 1e6
+    note = slow_fabric_note(slowest)
+    if note:
+        say(note)
 
 
 def probe_fabric(tb) -> list[SitePath]:

@@ -192,7 +192,9 @@ def run_mode(tb, options: nccl_tests.Options, mode: str, algorithm: Algorithm, p
     with controller.ranks(plan, algorithm.nchannels, telemetry_s) as ranks:
         results = sweep(tb, ranks, options, algorithm, print_line, on_answers=answered)
     after = _dci_counters(tb, plan)
-    summary = _summary(mode, calls, controller.samples, {k: after[k] - before[k] for k in after})
+    dci = {k: after[k] - before[k] for k in after}
+    dci["border_cnps"] = sum(c["cnps"] for c in controller.near_source_counters)  # near-source feedback's
+    summary = _summary(mode, calls, controller.samples, dci)
     return ModeRun(mode, results, summary, controller.samples, controller.actions, calls)
 
 

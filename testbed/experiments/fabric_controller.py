@@ -12,8 +12,9 @@ loop, for one of the comparison's modes.
 or all of the last three at once: ``with controller.ranks(plan, nchannels) as ranks: ...``.
 
 Modes:
-- ``baseline``: off-the-shelf RoCE: DCQCN with intra-datacenter defaults on every path, the fabric's plain
-  (DCQCN-paper, rate-scaled) ECN thresholds on the DCIs, no latency loop.  The loop still samples.
+- ``baseline``: off-the-shelf RoCE: DCQCN with the mlx5 firmware defaults on every path, the DCI egresses as
+  built (the shipped deep-buffer router profile, ``testbed.model.fabric``), no latency loop.  The loop still
+  samples.  ``dcqcn-paper``: the same with the DCQCN paper's knobs, rates scaled to the line rate.
 - ``adaptive``: intra-site paths keep intra-datacenter DCQCN; every path across a DCI runs the
   distance-adaptive controller (``controllers.adaptive``) derived from the measured RTT and bottleneck and
   the number of the job's flows sharing it; each DCI egress gets thresholds from its BDP and the queue target;
@@ -35,9 +36,10 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 
 from controllers.adaptive import AdaptiveParams, Path, ecn_thresholds, target_queue_for
-from controllers.dcqcn import Dcqcn
+from controllers.dcqcn import MLX5_FIRMWARE, Dcqcn, params_from_spec
 from controllers.latency import QueueGovernor
 from testbed.collective.control_channel import ControlServer
+from testbed.collective.near_source import NearSourceAgents
 from testbed.collective.runner import start_ranks
 from testbed.experiments.discovery import SitePath, dci_hops
 from testbed.experiments.modes import Mode, lookup
@@ -81,6 +83,7 @@ class FabricController:
         self.frame = data_frame_bytes(TransportConfig().mtu)  # a full RoCE data packet on the wire
         self.samples: list[dict] = []
         self.actions: list[dict] = []
+        self.near_source_counters: list[dict] = []
 
     def plan(self, hosts: list, flows: set[tuple[int, int, int]]) -> Plan:
         """Thresholds per DCI egress and control messages per rank for the job's ``flows``
@@ -135,8 +138,34 @@ class FabricController:
                                                     telemetry_s=telemetry_s) as ranks:
             server.accept(len(ranks.hosts))
             self.configure_senders(plan, server)
-            with self.governing(plan, server):
+            with self.near_source(plan, ranks.hosts, nchannels), self.governing(plan, server):
                 yield ranks
+
+    @contextlib.contextmanager
+    def near_source(self, plan: Plan, hosts: list, nchannels: int):
+        """In modes with near-source feedback, an agent on every DCI egress while the block runs, pacing each
+        flow's CNPs at its site's near loop (``_near_rtt_ns``); what each saw lands in
+        ``near_source_counters`` (one dict per egress and run)."""
+        if not self.mode.near_source:
+            yield
+            return
+        borders = {node for node, _ in plan.egresses}
+        with NearSourceAgents(self.tb, list(plan.egresses), [h.IP() for h in hosts], nchannels,
+                              {border: self._near_rtt_ns(border) for border in borders}) as agents:
+            try:
+                yield
+            finally:
+                agents.close()
+                self.near_source_counters += [{"egress": f"{node}->{peer}", "mode": self.mode.name, **counters}
+                                              for (node, peer), counters in agents.counters.items()]
+
+    def _near_rtt_ns(self, border: str) -> int:
+        """The near loop of ``border``'s site, sender to its border and back, declared: half of what the host
+        RTT adds to the border-to-border RTT on the site's shortest path (its legs in both sites), at least
+        the NIC's own CNP interval."""
+        site = self.tb.topo.nodeInfo(border)["site"]
+        legs_ms = min(p.host_rtt_ms - p.rtt_ms for p in self.paths.values() if p.src_site == site)
+        return max(MLX5_FIRMWARE.np_min_time_between_cnps_ns, round(legs_ms / 2 * 1e6))
 
     # -- planning ----------------------------------------------------------------------------------------
 
@@ -166,20 +195,28 @@ class FabricController:
                     flows=flows)
 
     def _rank_message(self, rank: int, hosts: list, sites: list[str], egresses: dict) -> dict:
-        """Per peer: intra-datacenter DCQCN inside the site, the mode's cc across a DCI."""
+        """Per peer: the NIC's DCQCN inside the site, the mode's cc across a DCI (and the CNP interval its
+        receiver paces at, where the mode sets one)."""
         cc, cnp = {}, {}
+        line = line_rate_bps(hosts[rank])
         for peer, host in enumerate(hosts):
             if peer == rank:
                 continue
-            if sites[peer] == sites[rank] or self.mode.dci_cc is Dcqcn:
-                cc[peer] = Dcqcn.spec(line_rate_bps=line_rate_bps(hosts[rank]))
+            if sites[peer] == sites[rank]:
+                cc[peer] = Dcqcn.spec(line_rate_bps=line)
+                continue
+            if self.mode.dci_cc is Dcqcn:
+                cc[peer] = self.mode.cc_spec(line_rate_bps=line)
+                cnp[peer] = params_from_spec(cc[peer]).np_min_time_between_cnps_ns
                 continue
             hops = dci_hops(self.tb, hosts[rank].name, host.name)
             flows = max(egresses[hop].flows for hop in hops)
             path = self._path(self.paths[(sites[rank], sites[peer])], flows)
             target = target_queue_for(path, self.target_queue_ns)
             cc[peer] = self.mode.cc_spec(path=asdict(path), target_queue_ns=target)
-            if "timers" in self.mode.mechanisms:
+            if self.mode.near_source:
+                cnp[peer] = None  # the sender's border answers the marks (``near_source``)
+            elif "timers" in self.mode.mechanisms:
                 cnp[peer] = AdaptiveParams.for_path(path, target).dcqcn.np_min_time_between_cnps_ns
         return {"cc": cc, "cnp_interval_ns": cnp}
 

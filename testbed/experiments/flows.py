@@ -101,14 +101,21 @@ def run_flows(tb, pairs: list[tuple[int, int]], nbytes: int, mode: str, paths: l
         answers = ranks.run(command)
     telemetry.on_answers({"size_bytes": nbytes, "in_place": False}, answers)
     frames = telemetry.frames()
-    flows = flow_table(tb, pairs, answers, telemetry, _last_sender_rows(frames["flows"], label))
+    senders = frames["flows"][(frames["flows"]["mode"] == label) & (frames["flows"]["side"] == "sender")] \
+        if not frames["flows"].empty else frames["flows"]
+    flows = flow_table(tb, pairs, answers, telemetry, _last_sender_rows(senders))
     crossed = [hop for hop, egress in plan.egresses.items() if egress.crossing]
     window = (flows["start_s"].min(), flows["end_s"].max())
     queues = frames["queues"][frames["queues"]["mode"] == label]
     utilisation = utilisation_table(queues, crossed, window)
+    egresses = egress_table(queues, utilisation, crossed, window, plan)
+    egresses["feedback_ms"] = [feedback_delay_ms(queues, senders, plan.egresses[hop]) for hop in crossed]
+    border = {counters["egress"]: counters for counters in controller.near_source_counters}
+    egresses["border_cnps"] = [border.get(name, {}).get("cnps") for name in egresses["egress"]]
+    egresses["border_first_mark_s"] = [_declared_or_nan(telemetry, border.get(name, {}).get("first_mark_ns"))
+                                       for name in egresses["egress"]]
     verdict = next((v for v in telemetry.verdicts() if v.mode == label), None)
-    return FlowsRun(mode, flows, egress_table(queues, utilisation, crossed, window, plan), utilisation, verdict,
-                    label, repeat)
+    return FlowsRun(mode, flows, egresses, utilisation, verdict, label, repeat)
 
 
 def flow_table(tb, pairs: list[tuple[int, int]], answers: list[dict], telemetry,
@@ -134,18 +141,38 @@ def flow_table(tb, pairs: list[tuple[int, int]], answers: list[dict], telemetry,
                      "fair_mbps": share * 8 / 1e6, "of_fair_pct": 100 * goodput / (share * 8 / 1e6),
                      "retransmitted": counters.get("retransmitted_packets"),
                      "cnps": counters.get("cnps_received"), "timeouts": counters.get("timeouts"),
-                     "start_s": telemetry.declared_s(end["start_ns"]), "end_s": telemetry.declared_s(end["end_ns"])})
+                     "start_s": telemetry.declared_s(end["start_ns"]), "end_s": telemetry.declared_s(end["end_ns"]),
+                     "first_cnp_s": _declared_or_nan(telemetry, end["first_cnp_ns"])})
     return pd.DataFrame(rows)
 
 
-def _last_sender_rows(flows: pd.DataFrame, mode: str) -> dict[tuple[int, int], dict]:
-    """Each (rank, peer)'s sender counters at its last sample of ``mode`` in the telemetry's ``flows`` table
-    (cumulative per run)."""
-    if flows.empty:
+def _declared_or_nan(telemetry, monotonic_ns: int | None) -> float:
+    """``monotonic_ns`` on the telemetry's declared axis (s), NaN for an event that never happened."""
+    return float("nan") if monotonic_ns is None else telemetry.declared_s(monotonic_ns)
+
+
+def _last_sender_rows(senders: pd.DataFrame) -> dict[tuple[int, int], dict]:
+    """Each (rank, peer)'s sender counters at its last sample in ``senders`` (the telemetry's ``flows`` rows of
+    one run's senders, cumulative)."""
+    if senders.empty:
         return {}
-    senders = flows[(flows["mode"] == mode) & (flows["side"] == "sender")]
     last = senders.sort_values("t_s").groupby(["rank", "peer"]).last()
     return {(int(rank), int(peer)): row.to_dict() for (rank, peer), row in last.iterrows()}
+
+
+def feedback_delay_ms(queues: pd.DataFrame, senders: pd.DataFrame, egress) -> float:
+    """How long after ``egress`` (an ``EgressPlan``) first marked CE the senders crossing it first had a CNP,
+    declared ms: the marked packet's wait in the queue, then the loop, which near-source feedback shortens
+    from a DCI RTT to an intra-site one.  Read from the telemetry's samples (its mark counter, the senders'
+    CNP counters), so within about one sampling interval either way; NaN if either never happened."""
+    q = _samples_of(queues, egress.node, egress.peer)
+    crossed = q[q["ecn_marks"] > q["ecn_marks"].iloc[0]]["t_s"] if len(q) else q["t_s"]
+    if senders.empty or crossed.empty:
+        return float("nan")
+    crossing = set(egress.crossing)
+    mine = senders[[(int(r), int(p)) in crossing for r, p in zip(senders["rank"], senders["peer"])]]
+    heard = mine[mine["cnps_received"] > 0]["t_s"]
+    return float((heard.min() - crossed.min()) * 1e3) if len(heard) else float("nan")
 
 
 def utilisation_table(queues: pd.DataFrame, egresses: list[tuple[str, str]],

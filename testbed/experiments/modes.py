@@ -9,9 +9,14 @@ Mechanisms, each switchable on its own (issue 14's ablation):
   delay       the delay signal: queueing above the target cuts the rate (``controllers.adaptive``)
   thresholds  BDP- and target-derived ECN thresholds at every DCI egress (``controllers.adaptive.ecn_thresholds``)
   loop        the latency loop holding each DCI queue near its target (``controllers.latency``)
+  nearsource  near-source feedback: each border answers its DCI egress's CE marks with CNPs to the local
+              senders, the receivers stay quiet about marks on DCI flows (``testbed.collective.near_source``)
 
 A mode named ``adaptive:timers+delay`` runs the distance-adaptive controller with just those mechanisms;
-``adaptive`` has them all; ``baseline`` none (DCQCN with intra-datacenter defaults, plain thresholds).
+``adaptive`` has them all; ``baseline`` none: off-the-shelf RoCE, DCQCN with the mlx5 firmware defaults
+(``controllers.dcqcn.MLX5_FIRMWARE``) and the DCI routers' shipped ECN profile (``testbed.model.fabric``);
+``dcqcn-paper`` is the same with the DCQCN paper's knobs scaled to the line rate (the baseline until
+2026-12-07), to see how much the baseline's numbers owe to its knobs.
 """
 
 from dataclasses import dataclass
@@ -22,7 +27,7 @@ from controllers.base import CongestionControl
 from controllers.dcqcn import Dcqcn
 from controllers.swift import Swift
 
-FABRIC_MECHANISMS = ("thresholds", "loop")
+FABRIC_MECHANISMS = ("thresholds", "loop", "nearsource")
 MECHANISMS = (*SENDER_MECHANISMS, *FABRIC_MECHANISMS)
 
 
@@ -32,6 +37,7 @@ class Mode:
     description: str
     dci_cc: type[CongestionControl]  # what the paths that cross a DCI run
     mechanisms: frozenset[str] = frozenset()
+    dcqcn_profile: str = "mlx5"  # the knobs of a DCQCN across DCIs (``controllers.dcqcn.params_from_spec``)
 
     @property
     def derived_thresholds(self) -> bool:
@@ -41,16 +47,25 @@ class Mode:
     def govern(self) -> bool:
         return "loop" in self.mechanisms
 
+    @property
+    def near_source(self) -> bool:
+        return "nearsource" in self.mechanisms
+
     def cc_spec(self, **fields) -> dict:
         """The spec of the DCI paths' congestion control: the adaptive controller also gets which of the
         senders' mechanisms are on."""
         if self.dci_cc is Adaptive:
             fields["mechanisms"] = [m for m in SENDER_MECHANISMS if m in self.mechanisms]
+        if self.dci_cc is Dcqcn:
+            fields["profile"] = self.dcqcn_profile
         return self.dci_cc.spec(**fields)
 
 
 MODES = {
-    "baseline": Mode("baseline", "DCQCN with intra-datacenter defaults, plain ECN thresholds", Dcqcn),
+    "baseline": Mode("baseline", "off-the-shelf RoCE: DCQCN with mlx5 firmware defaults, the DCI routers' shipped "
+                     "ECN profile", Dcqcn),
+    "dcqcn-paper": Mode("dcqcn-paper", "DCQCN with the paper's knobs scaled to the line rate, shipped ECN profile",
+                        Dcqcn, dcqcn_profile="paper"),
     "adaptive": Mode("adaptive", "distance-adaptive CC, BDP-derived thresholds, latency loop", Adaptive,
                      frozenset(MECHANISMS)),
     "swift": Mode("swift", "Swift-style delay target across DCIs, BDP-derived thresholds", Swift,

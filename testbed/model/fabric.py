@@ -24,6 +24,23 @@ DEFAULT_MTU = 9000  # RoCE fabrics run jumbo frames
 DEFAULT_DCI_BW_MBPS = 50.0
 
 
+@dataclass(frozen=True)
+class EcnProfile:
+    """RED/ECN settings a switch ships with, in bytes, for the links whose topology leaves them out."""
+
+    kmin_bytes: int
+    kmax_bytes: int
+    pmax: float
+
+
+#: A DCI router as shipped: SONiC's AZURE_LOSSLESS WRED profile (files/build_templates/qos_config.j2:
+#: green_min_threshold 1048576, green_max_threshold 2097152, green_drop_probability 5, ecn ecn_all), the
+#: profile SONiC also applies on VOQ chassis, its deep-buffer (Jericho-class) DCI routers.
+DCI_ROUTER_ECN = EcnProfile(kmin_bytes=1 << 20, kmax_bytes=2 << 20, pmax=0.05)
+#: The DCQCN paper's switches: Kmin 5 KB, Kmax 200 KB, Pmax 1 % at 40 Gbit/s (rates scaled in ``resolved``).
+DATACENTER_PMAX = 0.01
+
+
 class TopologyError(ValueError):
     """A fabric description that cannot be built; the message names the field and the value."""
 
@@ -50,31 +67,37 @@ class LinkConfig:
     buffer_bytes: int | None = None
     ecn_kmin_bytes: int | None = None
     ecn_kmax_bytes: int | None = None
-    ecn_pmax: float = 0.01
+    ecn_pmax: float | None = None
 
-    def resolved(self, mtu: int) -> "LinkConfig":
+    def resolved(self, mtu: int, shipped: EcnProfile | None = None) -> "LinkConfig":
         """Fill the derived defaults.
 
         Buffer: one round trip of this link at its rate (a deep-buffer DCI router holds about a BDP),
         at least 100 us at line rate (a shallow datacenter switch port) and 64 full frames.  ECN
-        thresholds are the DCQCN paper's switch settings (Kmin 5 KB, Kmax 200 KB at 40 Gbit/s, i.e. 1 us
-        and 40 us of queueing) scaled to this link's rate, and at least 2 and 8 full frames so RED can
-        act on jumbo frames at the emulated rates.
+        thresholds: the ``shipped`` profile's where given (a DCI router's, ``DCI_ROUTER_ECN``), Kmax
+        clamped to the buffer and Kmin to half of Kmax; otherwise the DCQCN paper's switch settings (Kmin
+        5 KB, Kmax 200 KB at 40 Gbit/s, i.e. 1 us and 40 us of queueing) scaled to this link's rate, and at
+        least 2 and 8 full frames so RED can act on jumbo frames at the emulated rates.
         """
         frame = frame_bytes(mtu)
         bytes_per_us = self.bw_mbps / 8
         buffer = self.buffer_bytes or max(bdp_bytes(self.bw_mbps, 2 * self.delay_ms),
                                           math.ceil(100 * bytes_per_us), 64 * frame)
-        kmax = self.ecn_kmax_bytes or min(buffer, max(8 * frame, math.ceil(40 * bytes_per_us)))
-        kmin = self.ecn_kmin_bytes or min(kmax // 2, max(2 * frame, math.ceil(bytes_per_us)))
-        return replace(self, buffer_bytes=buffer, ecn_kmin_bytes=kmin, ecn_kmax_bytes=kmax)
+        if shipped:
+            kmax = self.ecn_kmax_bytes or min(buffer, shipped.kmax_bytes)
+            kmin = self.ecn_kmin_bytes or min(kmax // 2, shipped.kmin_bytes)
+        else:
+            kmax = self.ecn_kmax_bytes or min(buffer, max(8 * frame, math.ceil(40 * bytes_per_us)))
+            kmin = self.ecn_kmin_bytes or min(kmax // 2, max(2 * frame, math.ceil(bytes_per_us)))
+        pmax = self.ecn_pmax if self.ecn_pmax is not None else shipped.pmax if shipped else DATACENTER_PMAX
+        return replace(self, buffer_bytes=buffer, ecn_kmin_bytes=kmin, ecn_kmax_bytes=kmax, ecn_pmax=pmax)
 
     def dilated(self, dilation: float) -> "LinkConfig":
         """The link as the emulator runs it ``dilation`` times slower (``testbed.model.dilation``): the rate
         divided, the delay and jitter multiplied; probabilities, burst lengths, the buffer and the thresholds
         (bytes) unchanged.  Only a resolved link dilates: its derived buffer and thresholds are the declared
         link's, never ones re-derived from the slower rate."""
-        if None in (self.buffer_bytes, self.ecn_kmin_bytes, self.ecn_kmax_bytes):
+        if None in (self.buffer_bytes, self.ecn_kmin_bytes, self.ecn_kmax_bytes, self.ecn_pmax):
             raise ValueError("resolve a LinkConfig before dilating it: its buffer and thresholds are in bytes")
         return replace(self, bw_mbps=self.bw_mbps / dilation, delay_ms=self.delay_ms * dilation,
                        jitter_ms=self.jitter_ms * dilation)
@@ -87,7 +110,8 @@ class LinkConfig:
         for name in ("loss_pct", "reorder_pct", "duplicate_pct", "corrupt_pct"):
             _number(where, name, getattr(self, name), low=0, high=100)
         self._check_loss_bursts(where)
-        _number(where, "ecn_pmax", self.ecn_pmax, low=0, high=1, low_open=True)
+        if self.ecn_pmax is not None:
+            _number(where, "ecn_pmax", self.ecn_pmax, low=0, high=1, low_open=True)
         for name in ("buffer_bytes", "ecn_kmin_bytes", "ecn_kmax_bytes"):
             if getattr(self, name) is not None:
                 _number(where, name, getattr(self, name), low=0, low_open=True)
@@ -219,8 +243,12 @@ class DciLink:
         return propagation_delay_ms(self.distance_km) if self.delay_ms is None else self.delay_ms
 
     def link_config(self) -> LinkConfig:
-        """The DCI as the kernel gets it: ``config`` with the delay derived from the distance."""
+        """The DCI as declared: ``config`` with the delay derived from the distance."""
         return replace(self.config, delay_ms=self.one_way_delay_ms())
+
+    def resolved(self, mtu: int) -> LinkConfig:
+        """The DCI as the kernel gets it: defaults filled, its ECN settings the shipped DCI router's."""
+        return self.link_config().resolved(mtu, DCI_ROUTER_ECN)
 
     def check(self, sites: set[str]) -> None:
         where = f"dci {self.name}"
@@ -292,8 +320,10 @@ class Fabric:
         derived for the rest (``ecn_kmax_bytes`` above the derived buffer), which RED's encoder refuses."""
         links = [(f"site {site.name!r} {kind}", getattr(site, kind))
                  for site in self.sites for kind in ("host_link", "fabric_link")]
-        for where, config in [*links, *((f"dci {d.name}", d.link_config()) for d in self.dci_links)]:
+        for where, config in links:
             config.resolved(self.mtu).check(where)
+        for dci in self.dci_links:
+            dci.resolved(self.mtu).check(f"dci {dci.name}")
 
     def _check_size(self) -> None:
         """At most MAX_LINKS links in all, the message naming what they are made of (hosts, sites, DCIs)."""

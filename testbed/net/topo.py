@@ -128,7 +128,7 @@ class FabricTopo(Topo):
             self._add_site(site, ipaddress.ip_network(f"10.{index}.0.0/16").subnets(new_prefix=30), first_ip)
         dci_pool = ipaddress.ip_network(DCI_POOL).subnets(new_prefix=30)
         for dci in self.fabric.dci_links:
-            self._add_link(f"{dci.a}b", f"{dci.b}b", dci.link_config(), "dci", next(dci_pool), first_ip,
+            self._add_link(f"{dci.a}b", f"{dci.b}b", dci.resolved(self.fabric.mtu), "dci", next(dci_pool), first_ip,
                            dci=dci.name)
         for name, ip in first_ip.items():
             self.nodeInfo(name)["ip"] = ip  # Mininet configures a node's default interface with this

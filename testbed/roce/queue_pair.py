@@ -24,7 +24,7 @@ from typing import Self
 import numpy as np
 
 from controllers.base import CongestionControl
-from controllers.dcqcn import Dcqcn, DcqcnParams
+from controllers.dcqcn import MLX5_FIRMWARE, Dcqcn
 from controllers.dilated import Dilated
 from testbed.roce.nic import Nic, run
 from testbed.roce.receiver import Receiver
@@ -99,13 +99,13 @@ def connect(tb, src, dst, cc: CongestionControl | None = None,
             config: TransportConfig = TransportConfig()) -> QueuePair:
     """Open a queue pair from host ``src`` to host ``dst`` of the running testbed ``tb`` (nodes or names).
 
-    ``cc`` defaults to DCQCN with its rates scaled to the source host's line rate (``DcqcnParams.scaled_to``).
+    ``cc`` defaults to DCQCN with the mlx5 firmware defaults at the source host's line rate (``MLX5_FIRMWARE``).
     """
     src, dst = (tb.node(h) if isinstance(h, str) else h for h in (src, dst))
     if src.name == dst.name:
         raise ValueError(f"a queue pair needs two hosts, got {src.name} twice")
     if cc is None:
-        cc = Dcqcn(DcqcnParams().scaled_to(line_rate_bps(src)))
+        cc = Dcqcn(MLX5_FIRMWARE.at_line_rate(line_rate_bps(src)))
     if tb.dilation != 1:
         cc, config = Dilated(cc, tb.dilation), config.dilated(tb.dilation)
     sending, receiving = host_nic(tb, src), host_nic(tb, dst)

@@ -54,8 +54,9 @@ class Receiver(QueuePairEnd):
                              naks_sent=0, ce_marked=0, cnps_sent=0)
         self.series: list[dict] = []  # one row per delivered message and per CNP sent
 
-    def set_cnp_interval(self, interval_ns: int) -> None:
-        """Send at most one CNP per ``interval_ns`` from now on (the notification point's knob, per path)."""
+    def set_cnp_interval(self, interval_ns: int | None) -> None:
+        """Send at most one CNP per ``interval_ns`` from now on (the notification point's knob, per path);
+        None: send none (near-source feedback answers the marks at the sender's border)."""
         self._cnp_pacer = CnpPacer(interval_ns)
 
     def recv(self, timeout_s: float) -> bytearray:

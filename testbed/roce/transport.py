@@ -52,7 +52,7 @@ ranks 2,892-3,093 -> 4,547-5,016).
 from dataclasses import dataclass, replace
 from typing import Self
 
-from controllers.dcqcn import DcqcnParams
+from controllers.dcqcn import MLX5_FIRMWARE
 from testbed.roce.nic import Endpoint, Nic
 from testbed.roce.psn import PSN_MASK
 from testbed.roce.rocev2 import DEFAULT_MTU, QPN_MAX, check_mtu
@@ -72,7 +72,7 @@ class TransportConfig:
     initial_rto_ns: int = 200_000_000
     min_rto_ns: int = 10_000_000
     max_rto_ns: int = 2_000_000_000
-    cnp_interval_ns: int = DcqcnParams.np_min_time_between_cnps_ns  # the receiver is DCQCN's notification point
+    cnp_interval_ns: int = MLX5_FIRMWARE.np_min_time_between_cnps_ns  # the receiver is DCQCN's notification point
     dscp: int = 0
     selective_repeat: bool = False  # resend only the missing packet; the receiver buffers out-of-order ones
     reorder_window: int = 1024  # packets past the expected PSN the receiver buffers with selective repeat

@@ -16,6 +16,7 @@ from pyroute2.netlink.rtnl.ndmsg import states as neighbour_states
 
 from controllers.dcqcn import Dcqcn, DcqcnParams
 from controllers.fixed_rate import FixedRate
+from testbed.model.fabric import LinkConfig
 from testbed.net.link import netlink, wait_drained
 from testbed.net.netlink_counters import NamespaceCounters
 from testbed.observe.capture import Capture
@@ -213,13 +214,17 @@ def test_dcqcn_cuts_its_rate_on_cnps_and_keeps_the_dci_queue_below_its_buffer(tw
     its 40 Gbit/s packet counts (see controllers/dcqcn.py): with its microsecond timers at 10 Mbit/s the
     rate climbs back between any two CNPs and the queue kept growing (482 KB of 577 KB after 2 MB, measured);
     so did it with the times stretched but the byte counter not (2.5 KB: an increase event per packet), to
-    the full buffer with 84 drops once the samples stopped stealing the sender's time.
+    the full buffer with 84 drops once the samples stopped stealing the sender's time.  The DCI gets the
+    paper's switch thresholds too (rate-scaled, ``LinkConfig.resolved`` without a shipped profile), not the
+    shipped DCI router's, which at this rate mark only past half the buffer.
     """
     west, east = hosts(two_sites, 3)
     link = two_sites.dci("west", "east")
     dci_bps, line_rate = FLOW_BPS / 4, FLOW_BPS / 2
-    usual_mbps = link.intf1.shape.bw_mbps
-    link.set(bw_mbps=dci_bps / 1e6)
+    usual = link.intf1.shape
+    paper = LinkConfig(bw_mbps=dci_bps / 1e6, buffer_bytes=usual.buffer_bytes).resolved(link.intf1.mtu)
+    link.set(bw_mbps=paper.bw_mbps, ecn_kmin_bytes=paper.ecn_kmin_bytes, ecn_kmax_bytes=paper.ecn_kmax_bytes,
+             ecn_pmax=paper.ecn_pmax)
     try:
         buffer = link.intf1.shape.resolved(link.intf1.mtu).buffer_bytes
         with connect(two_sites, west, east, cc=FixedRate(line_rate)) as blind:
@@ -228,7 +233,8 @@ def test_dcqcn_cuts_its_rate_on_cnps_and_keeps_the_dci_queue_below_its_buffer(tw
             queue, red = dci_queue_during(two_sites, qp, seconds=3)
             stats, series = qp.stats(), qp.series()
     finally:
-        link.set(bw_mbps=usual_mbps)
+        link.set(**{name: getattr(usual, name) for name in ("bw_mbps", "ecn_kmin_bytes", "ecn_kmax_bytes",
+                                                              "ecn_pmax")})
     lowest_rate = min(row["rate_bps"] for row in series if row["end"] == "sender")
     print(f"fixed rate: peak queue {max(blind_queue)} B of {buffer}, {blind_red}; DCQCN: peak {max(queue)} B,"
           f" {red}, {stats['cnps_received']} CNPs, lowest rate {lowest_rate / 1e6:.2f} Mbit/s,"

@@ -14,7 +14,7 @@ from test_dilation import EVENTS, trace
 
 from controllers.adaptive import Adaptive, AdaptiveParams, Path, ecn_thresholds, target_queue_for
 from controllers.base import CongestionControl
-from controllers.dcqcn import Dcqcn, DcqcnParams
+from controllers.dcqcn import MLX5_FIRMWARE, Dcqcn
 
 FRAME = 4096 + 44 + 14  # IB payload + IPv4, UDP, BTH, ICRC + Ethernet
 MS = 1_000_000
@@ -254,7 +254,7 @@ def test_a_start_rate_outside_the_dcqcn_bounds_and_bad_ecn_inputs_are_refused():
 @given(events=EVENTS)
 def test_with_no_mechanism_the_flow_decides_exactly_as_dcqcn(events):
     bare = Adaptive(AdaptiveParams.for_path(PATH_A, mechanisms=()))
-    assert trace(bare, events, 1.0) == trace(Dcqcn(DcqcnParams().scaled_to(LINE)), events, 1.0)
+    assert trace(bare, events, 1.0) == trace(Dcqcn(MLX5_FIRMWARE.at_line_rate(LINE)), events, 1.0)
 
 
 def test_timers_alone_derive_the_knobs_but_start_unthrottled_without_a_window():
@@ -266,12 +266,12 @@ def test_timers_alone_derive_the_knobs_but_start_unthrottled_without_a_window():
     assert flow.rate_bps == LINE
 
 
-def test_window_alone_starts_at_the_share_with_the_window_under_intra_datacenter_timers():
+def test_window_alone_starts_at_the_share_with_the_window_under_the_nics_timers():
     flow = Adaptive(AdaptiveParams.for_path(PATH_A, mechanisms=["window"]))
-    assert flow.params == DcqcnParams().scaled_to(LINE)
+    assert flow.params == MLX5_FIRMWARE.at_line_rate(LINE)
     flow.on_send(0, FRAME)
     assert (flow.rate_bps, flow.cwnd_bytes) == (S, 2 * P.cwnd_bytes)
-    assert flow.next_timer_ns == DcqcnParams().rp_time_reset_ns  # the default 300 us, not one RTT
+    assert flow.next_timer_ns == MLX5_FIRMWARE.rp_time_reset_ns  # the firmware's 300 us, not one RTT
 
 
 def test_delay_alone_cuts_on_queueing_from_line_rate():

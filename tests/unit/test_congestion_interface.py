@@ -1,12 +1,13 @@
 """The congestion-control interface: both algorithms implement it, and the fixed rate ignores every signal."""
 
 import math
+import re
 
 import pytest
 
 from controllers.adaptive import Adaptive, AdaptiveParams, Path
 from controllers.base import CongestionControl
-from controllers.dcqcn import Dcqcn, DcqcnParams
+from controllers.dcqcn import MLX5_FIRMWARE, Dcqcn, DcqcnParams
 from controllers.fixed_rate import FixedRate
 from controllers.swift import Swift, SwiftParams
 
@@ -84,8 +85,12 @@ def test_the_registry_builds_every_algorithm_from_its_spec():
     from controllers import registry
 
     assert {"dcqcn", "adaptive", "swift", "fixed"} <= set(registry.algorithms())
-    dcqcn = registry.from_spec(Dcqcn.spec(line_rate_bps=100e6, stretch=2.0))
-    assert type(dcqcn) is Dcqcn and dcqcn.params == DcqcnParams().scaled_to(100e6).stretched(2.0)
+    dcqcn = registry.from_spec(Dcqcn.spec(line_rate_bps=100e6))
+    assert type(dcqcn) is Dcqcn and dcqcn.params == MLX5_FIRMWARE.at_line_rate(100e6)
+    paper = registry.from_spec(Dcqcn.spec(line_rate_bps=100e6, profile="paper", stretch=2.0))
+    assert paper.params == DcqcnParams().scaled_to(100e6).stretched(2.0)
+    with pytest.raises(ValueError, match=re.escape("unknown DCQCN profile 'cx9' (profiles: mlx5, paper)")):
+        registry.from_spec(Dcqcn.spec(line_rate_bps=100e6, profile="cx9"))
     adaptive = registry.from_spec(Adaptive.spec(path=asdict(LONG_HAUL), target_queue_ns=700_000))
     assert type(adaptive) is Adaptive and adaptive.adaptive_params == AdaptiveParams.for_path(LONG_HAUL, 700_000)
     swift = registry.from_spec(Swift.spec(path=asdict(LONG_HAUL), target_queue_ns=None))

@@ -192,7 +192,7 @@ def test_the_rate_never_leaves_min_and_max():
 
 
 def test_many_ce_packets_within_the_interval_yield_one_cnp():
-    pacer = CnpPacer()
+    pacer = CnpPacer(P.np_min_time_between_cnps_ns)
     assert pacer.min_interval_ns == 50 * US
     sent = [now for now in range(0, 200 * US, 500) if pacer.on_ce(now)]  # a CE-marked packet every 0.5 us
     assert sent == [0, 50 * US, 100 * US, 150 * US]

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from testbed.model.fabric import IFNAMSIZ, DciLink, Fabric, LinkConfig, Site, TopologyError
+from testbed.model.fabric import DCI_ROUTER_ECN, IFNAMSIZ, DciLink, Fabric, LinkConfig, Site, TopologyError
 from testbed.model.units import bdp_bytes, frame_bytes, propagation_delay_ms, tcp_goodput_mbps
 from testbed.topologies import load_topology
 
@@ -37,8 +37,20 @@ def test_resolved_defaults_follow_rate_delay_and_mtu():
     assert 2 * 9014 <= short.ecn_kmin_bytes < short.ecn_kmax_bytes <= short.buffer_bytes
     fast = LinkConfig(bw_mbps=400_000).resolved(mtu=1500)
     assert fast.ecn_kmax_bytes == 40 * 400_000 // 8  # 40 us of queue at 400 Gbit/s (DCQCN's 200 KB @ 40G)
-    explicit = LinkConfig(bw_mbps=100, buffer_bytes=10**6, ecn_kmin_bytes=50_000, ecn_kmax_bytes=150_000)
-    assert explicit.resolved(9000) == explicit
+    assert (long_haul.ecn_pmax, short.ecn_pmax) == (0.01, 0.01)  # the DCQCN paper's Pmax
+    explicit = LinkConfig(bw_mbps=100, buffer_bytes=10**6, ecn_kmin_bytes=50_000, ecn_kmax_bytes=150_000,
+                          ecn_pmax=0.2)
+    assert explicit.resolved(9000) == explicit == explicit.resolved(9000, DCI_ROUTER_ECN)
+
+
+def test_a_dci_ships_with_the_deep_buffer_routers_wred_profile_clamped_to_its_buffer():
+    """SONiC's AZURE_LOSSLESS: 1 MiB / 2 MiB / 5 %; a buffer under 2 MiB holds Kmax, and Kmin stays below it."""
+    deep = DciLink("west", "east", 1000, LinkConfig(bw_mbps=400_000)).resolved(9000)
+    assert (deep.ecn_kmin_bytes, deep.ecn_kmax_bytes, deep.ecn_pmax) == (1_048_576, 2_097_152, 0.05)
+    shallow = DciLink("west", "east", 10, LinkConfig(bw_mbps=100, buffer_bytes=1_500_000)).resolved(9000)
+    assert (shallow.ecn_kmin_bytes, shallow.ecn_kmax_bytes) == (750_000, 1_500_000)
+    given = DciLink("west", "east", 10, LinkConfig(bw_mbps=100, ecn_kmin_bytes=20_000, ecn_pmax=0.5)).resolved(9000)
+    assert (given.ecn_kmin_bytes, given.ecn_pmax) == (20_000, 0.5) and given.ecn_kmax_bytes == given.buffer_bytes
 
 
 def two_sites(distance_km=1000, delay_ms=None, bw_mbps=50.0, **link) -> Fabric:
@@ -147,7 +159,7 @@ def test_every_interface_name_the_check_allows_fits_and_the_longest_is_what_mini
 
 @pytest.mark.parametrize("dci, message", [
     ({"ecn_kmax_bytes": 576_897}, "ecn_kmax_bytes 576897 exceeds buffer_bytes 576896"),  # the derived buffer
-    ({"ecn_kmin_bytes": 72_112}, "ecn_kmin_bytes 72112 must be below ecn_kmax_bytes 72112"),  # the derived Kmax
+    ({"ecn_kmin_bytes": 576_896}, "ecn_kmin_bytes 576896 must be below ecn_kmax_bytes 576896"),  # the derived Kmax
 ])
 def test_a_threshold_given_alone_is_checked_against_the_derived_ones(dci, message):
     """Found by tests/unit/test_properties.py: RED's encoder refused these after the model had accepted them."""

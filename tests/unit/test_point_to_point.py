@@ -15,6 +15,7 @@ from testbed.experiments.flows import (
     FlowsRun,
     default_pairs,
     egress_table,
+    feedback_delay_ms,
     jain_index,
     parse_pairs,
     summary,
@@ -102,6 +103,18 @@ def test_a_full_egress_reads_100_percent_with_its_queue_and_counters_inside_the_
     assert (row["egress"], row["flows"], row["drops"], row["ce_marks"]) == ("westb->eastb", 2, 200, 2000)
     assert (row["ecn_kmin_bytes"], row["ecn_kmax_bytes"]) == (9000, 18000)
     assert row["sent_bytes"] == pytest.approx(50e6 / 8 * 1.99, rel=1e-6)
+
+
+def test_feedback_runs_from_the_egresss_first_mark_to_the_first_cnp_of_a_sender_crossing_it():
+    """Marks from the sample at 1.0 s (the counter rose since 0.99 s); the flow 0->2 through the egress has its
+    first CNP in the sample at 1.05 s, the flow 1->3, which does not cross it, one earlier."""
+    queues = queue_samples(50e6, seconds=3.0, interval_s=0.01, full_from_s=1.0)
+    senders = pd.DataFrame({"rank": [0, 0, 0, 1], "peer": [2, 2, 2, 3], "t_s": [1.03, 1.04, 1.05, 1.02],
+                            "cnps_received": [0, 0, 2, 1]})
+    egress = SimpleNamespace(node="westb", peer="eastb", crossing=[(0, 2)])
+    assert feedback_delay_ms(queues, senders, egress) == pytest.approx(50.0)
+    assert np.isnan(feedback_delay_ms(queues, senders[senders["rank"] == 1], egress))  # its senders heard nothing
+    assert np.isnan(feedback_delay_ms(queues.assign(ecn_marks=0), senders, egress))  # it never marked
 
 
 def a_run(mode: str, repeat: int, goodputs: list[float], queue_p99_ms: float, faithful: bool) -> FlowsRun:

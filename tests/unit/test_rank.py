@@ -75,6 +75,7 @@ def test_long_flows_arrive_whole_and_verified_with_their_ends_on_one_clock(four_
     for pair, row in received.items():
         assert (row["bytes"], row["wrong"]) == (100_003, 0)
         assert row["end_ns"] > starts[pair]  # both on the monotonic clock every process shares
+    assert [r["first_cnp_ns"] for r in ends if "start_ns" in r] == [None] * 3  # loopback marks nothing
     assert sum(a["counters"]["packets_sent"] for a in answers) >= 3 * 100_003 // 4096
 
 

@@ -33,10 +33,15 @@ DEFAULT_CHUNK_ELEMS = 1 << 15
 class Algorithm:
     """How the ranks run a collective on the fabric: NCCL's channels and pipelining chunk (in bytes, so
     the same for every datatype), and hierarchical (site-aware) all_reduce, which keeps DCI crossings to
-    one shard per rank.  The runner's chunk, 512 KiB, is larger than ``DEFAULT_CHUNK_ELEMS``: fewer,
-    larger messages cost the Python transport less per byte."""
+    one shard per rank.
 
-    nchannels: int = 1
+    The defaults are NCCL's on one NIC per GPU, a flat ring: 2 channels (the topology search finds one ring
+    per NIC, and ``ncclTopoPostset`` in src/graph/connect.cc doubles the channels) and a 512 KiB step (the
+    Simple protocol's NCCL_BUFFSIZE of 4 MiB over NCCL_STEPS 8, src/include/device.h), the most one step
+    moves.  The step is larger than ``DEFAULT_CHUNK_ELEMS``: fewer, larger messages also cost the Python
+    transport less per byte."""
+
+    nchannels: int = 2
     chunk_bytes: int = 512 * 1024
     hierarchical: bool = False
 
