@@ -5,8 +5,10 @@ Why: with the bottleneck at the sender's own border, DCQCN's usual loop carries 
 the receiver and its CNP back again: a 1000 km DCI reacts 10 ms after its queue grew, whatever the senders do.
 Annulus (Saeed et al., SIGCOMM 2020) has the switches near the source send feedback straight to the senders
 and reports WAN-induced datacenter tail latency cut by its loop; LRCC and THEMIS report 45-60 % lower tail
-latency from near-source feedback at long distance.  Here the border plays the role, with the one signal it
-already computes: RED's CE mark at its DCI egress.
+latency from near-source feedback at long distance; the IETF draft "Fast Congestion Notification Packet
+(CNP) with Proxy" (draft-xiao-rtgwg-proxy-congestion-notification) specifies a switch sending the CNP on the
+receiver's behalf, as here.  Here the border plays the role, with the one signal it already computes: RED's
+CE mark at its DCI egress.
 
 How (``NearSourceAgent``):
 - An AF_PACKET socket on the border's DCI interface sees each packet as it leaves the egress queue, after RED

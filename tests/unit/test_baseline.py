@@ -56,8 +56,9 @@ def test_the_dci_routers_ship_sonics_lossless_wred_profile():
     assert (config.ecn_kmin_bytes, config.ecn_kmax_bytes, config.ecn_pmax) == (1_048_576, 2_097_152, 0.05)
 
 
-def test_collectives_run_nccls_default_flat_ring_channels_and_step():
-    assert Algorithm() == Algorithm(nchannels=2, chunk_bytes=4 * 1024 * 1024 // 8, hierarchical=False)
+def test_collectives_run_nccls_default_flat_ring_and_step_on_one_channel():
+    """NCCL's step; one channel where NCCL runs two, until the NIC shares its port between its QPs (``Algorithm``)."""
+    assert Algorithm() == Algorithm(nchannels=1, chunk_bytes=4 * 1024 * 1024 // 8, hierarchical=False)
     parser = argparse.ArgumentParser()
     options.add_algorithm_options(parser)
     assert options.algorithm_from(parser.parse_args([])) == Algorithm()
