@@ -14,8 +14,11 @@ Cross-check (``cross_check``)
     later, and the receiver marks and answers them unsampled (measured: 67 CE marks and CNPs, 4 % of a flow's,
     at 10 Mbit/s behind a 4 MB queue).  So CE is compared on the first data packets the tap saw, as many as
     the receiver had taken in (``TAKEN_IN``; by time, a CPU-starved receiver still held 49 marked ones in its
-    socket when it sampled), CNPs and NAKs on what the capture saw up to that sample's time; the note says
-    how many came after.  The sender's are complete (it sends nothing once every chunk is acknowledged).
+    socket when it sampled).  CNPs and NAKs are bounded instead: the receiver had sent at least what the
+    tap saw up to that sample's time, and at most that plus what it saw later plus what the way back dropped
+    before the tap, since they cross the reverse DCI queue, which can hold them for seconds (a 4 MB queue at
+    10 Mbit/s: 100 of 2,572 CNPs sent before the sample reached the tap after it); the note says how many
+    came after.  The sender's are complete (it sends nothing once every chunk is acknowledged).
     Per captured (interface, direction) whose egress queue has samples during the capture: CE-marked RoCE
     packets seen leaving through it vs the increase of the queue's ``ecn_marks`` (last - first sample within
     the capture).  Informational lower bound: every mark the queue made is either seen at the tap or among
@@ -88,7 +91,12 @@ def _flow_rows(analysis: CaptureAnalysis, flows: pd.DataFrame, drops: dict, tole
             # data leaves through the flow's egress; its ACKs, NAKs and CNPs come back through the opposite one
             egress = _reverse(flow.egress) if (column, side, counter) in CONTROL_CHECKS else flow.egress
             note = _shortfall_note(captured, run, column, drops.get(egress), kernel_drops.get(flow.intf), later)
-            rows.append(_row(scope, column, captured, run, abs(captured - run) <= tolerance * max(abs(run), 1), note))
+            slack = tolerance * max(abs(run), 1)
+            if (column, side, counter) in CONTROL_CHECKS:
+                ok = captured - slack <= run <= captured + later + (drops.get(egress) or 0) + slack
+            else:
+                ok = abs(captured - run) <= slack
+            rows.append(_row(scope, column, captured, run, ok, note))
     return rows
 
 
