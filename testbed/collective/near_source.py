@@ -79,7 +79,7 @@ class NearSourceAgent:
         counters["marked"] += 1
         if counters["first_mark_ns"] is None:
             counters["first_mark_ns"] = now_ns
-        flow = self._flow_of(frame)
+        flow = self._flow_of(frame, udp)
         if flow is None:
             counters["unknown"] += 1
             return None
@@ -95,10 +95,9 @@ class NearSourceAgent:
         payload = build_cnp(Flow(src_ip=receiver, dst_ip=sender, src_port=dport, dst_port=sport), dqpn=sqpn)
         return ipv4_udp(receiver, sender, dport, sport, ip_tos(Kind.CNP), payload), sender
 
-    def _flow_of(self, frame: bytes) -> tuple[str, str, int, int, int] | None:
-        """(sender, receiver, sender's port, receiver's port, sender's QP) of a captured data packet, or None if
-        its addresses or QP are not the job's."""
-        udp = 14 + (frame[14] & 0x0F) * 4
+    def _flow_of(self, frame: bytes, udp: int) -> tuple[str, str, int, int, int] | None:
+        """(sender, receiver, sender's port, receiver's port, sender's QP) of a captured data packet whose UDP
+        header starts at ``udp``, or None if its addresses or QP are not the job's."""
         sender, receiver = socket.inet_ntoa(frame[26:30]), socket.inet_ntoa(frame[30:34])
         sport, dport = struct.unpack_from("!HH", frame, udp)
         dqpn = int.from_bytes(frame[udp + 8 + 5:udp + 8 + 8], "big")
@@ -203,9 +202,3 @@ class NearSourceAgents:
             if line:
                 self.counters[egress] = json.loads(line)
         self.procs = {}
-
-    def __enter__(self) -> "NearSourceAgents":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

@@ -150,14 +150,14 @@ class FabricController:
             yield
             return
         borders = {node for node, _ in plan.egresses}
-        with NearSourceAgents(self.tb, list(plan.egresses), [h.IP() for h in hosts], nchannels,
-                              {border: self._near_rtt_ns(border) for border in borders}) as agents:
-            try:
-                yield
-            finally:
-                agents.close()
-                self.near_source_counters += [{"egress": f"{node}->{peer}", "mode": self.mode.name, **counters}
-                                              for (node, peer), counters in agents.counters.items()]
+        agents = NearSourceAgents(self.tb, list(plan.egresses), [h.IP() for h in hosts], nchannels,
+                                  {border: self._near_rtt_ns(border) for border in borders})
+        try:
+            yield
+        finally:
+            agents.close()  # the agents report their counters as they stop
+            self.near_source_counters += [{"egress": f"{node}->{peer}", "mode": self.mode.name, **counters}
+                                          for (node, peer), counters in agents.counters.items()]
 
     def _near_rtt_ns(self, border: str) -> int:
         """The near loop of ``border``'s site, sender to its border and back, declared: half of what the host

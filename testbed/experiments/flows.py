@@ -111,9 +111,9 @@ def run_flows(tb, pairs: list[tuple[int, int]], nbytes: int, mode: str, paths: l
     egresses = egress_table(queues, utilisation, crossed, window, plan)
     egresses["feedback_ms"] = [feedback_delay_ms(queues, senders, plan.egresses[hop]) for hop in crossed]
     border = {counters["egress"]: counters for counters in controller.near_source_counters}
-    egresses["border_cnps"] = [border.get(name, {}).get("cnps") for name in egresses["egress"]]
-    egresses["border_first_mark_s"] = [_declared_or_nan(telemetry, border.get(name, {}).get("first_mark_ns"))
-                                       for name in egresses["egress"]]
+    agents = [border.get(name, {}) for name in egresses["egress"]]
+    egresses["border_cnps"] = [agent.get("cnps") for agent in agents]
+    egresses["border_first_mark_s"] = [_declared_or_nan(telemetry, agent.get("first_mark_ns")) for agent in agents]
     verdict = next((v for v in telemetry.verdicts() if v.mode == label), None)
     return FlowsRun(mode, flows, egresses, utilisation, verdict, label, repeat)
 
