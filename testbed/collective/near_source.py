@@ -45,7 +45,7 @@ import time
 from controllers.dcqcn import CnpPacer
 from testbed.collective.qp_numbers import sender_qpn
 from testbed.net.processes import python_module
-from testbed.roce.rocev2 import ROCEV2_UDP_PORT, Flow, Kind, build_cnp, ip_tos
+from testbed.roce.rocev2 import DATA_OPCODES, ROCEV2_UDP_PORT, Flow, Kind, build_cnp, ip_tos
 
 ETH_P_ALL = 0x0003  # outgoing packets reach only the taps of every protocol (dev_queue_xmit_nit)
 SO_ATTACH_FILTER = 26
@@ -57,8 +57,8 @@ CE_FILTER = (  # (code, jt, jf, k); the last but one returns SNAPLEN bytes where
     (0x28, 0, 0, 0xFFFFF004), (0x15, 0, 1, 0x00000004), (0x06, 0, 0, SNAPLEN), (0x06, 0, 0, 0x00000000),
 )
 IP_DF = 0x4000
-RC_OPCODES_END = 0x20  # BTH opcodes 0x00-0x1f are Reliable Connected ones (the data's SENDs); a CNP is 0x81
 TTL = 64
+_DATA_OPCODES = frozenset(DATA_OPCODES)
 
 
 class NearSourceAgent:
@@ -74,8 +74,8 @@ class NearSourceAgent:
     def on_marked(self, frame: bytes, now_ns: int) -> tuple[bytes, str] | None:
         counters = self.counters
         udp = 14 + (frame[14] & 0x0F) * 4
-        if len(frame) < udp + 8 + 8 or frame[udp + 8] >= RC_OPCODES_END:
-            return None  # not a data packet: a CNP (ECT(1)) crossing back can be marked too
+        if len(frame) < udp + 8 + 8 or frame[udp + 8] not in _DATA_OPCODES:
+            return None  # not data: ACKs and NAKs (ECT(0)) and CNPs (ECT(1)) crossing back are marked too
         counters["marked"] += 1
         if counters["first_mark_ns"] is None:
             counters["first_mark_ns"] = now_ns

@@ -267,9 +267,16 @@ def _print(comparison: Comparison) -> None:
                               "95% low": ratios[f"{mode}_x_ci_low"], "95% high": ratios[f"{mode}_x_ci_high"],
                               "verdict": [v if ok else "NOT VALID" for v, ok in zip(ratios[f"{mode}_verdict"],
                                                                                    ratios[f"{mode}_valid"])]})
-        console.print(frame_table(f"{mode} / {reference}", _short(shown)))
-    summaries = comparison.summaries().drop(columns=["size_bytes", "fidelity"])
+        console.print(frame_table(f"{mode} / {reference} ({_scope(comparison, mode)})", _short(shown)))
+    summaries = comparison.summaries().drop(columns=["size_bytes", "fidelity", "algorithm"])
     console.print(frame_table("per run, largest size: completion and DCI queueing delay (ms, declared), cost",
                               _short(summaries)))
     for mode in comparison.modes:
-        say(f"fidelity {mode}: {comparison.fidelity_text(mode)}")
+        algorithm = comparison.of(mode)[0].summary["algorithm"]
+        say(f"fidelity {mode}: {comparison.fidelity_text(mode)}; collective: {algorithm}")
+
+
+def _scope(comparison: Comparison, mode: str) -> str:
+    """What a ratio measures: the network alone when both modes ran the same collective algorithm."""
+    algorithms = {comparison.of(m)[0].summary["algorithm"] for m in (comparison.modes[0], mode)}
+    return "network only" if len(algorithms) == 1 else "full stack: network and collective algorithm"

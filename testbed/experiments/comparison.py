@@ -26,6 +26,7 @@ from testbed.collective.bounds import rank_sites
 from testbed.collective.runner import bounds_beside, sweep
 from testbed.collective.schedules.builder import flows
 from testbed.collective.schedules.model import Algorithm
+from testbed.collective.tuning import describe
 from testbed.experiments.discovery import SitePath, discover
 from testbed.experiments.fabric_controller import FabricController
 from testbed.experiments.modes import lookup
@@ -172,12 +173,15 @@ def compare(tb, options: nccl_tests.Options, modes: list[str], algorithm: Algori
 
 def run_mode(tb, options: nccl_tests.Options, mode: str, algorithm: Algorithm, paths: list[SitePath],
              target_queue_ns: int | None, print_line, log, telemetry=None, on_answers=None) -> ModeRun:
-    """One mode: plan, configure switches, start ranks wired to the controller, sweep while sampling."""
+    """One mode: choose the algorithm (the user's unless the mode tunes collectives), plan, configure switches,
+    start ranks wired to the controller, sweep while sampling."""
     hosts = tb.hosts()
-    sites = rank_sites(tb.topo, [h.name for h in hosts]) if algorithm.hierarchical else None
     controller = FabricController(tb, paths, mode, target_queue_ns, log)
+    largest = nccl_tests.coll_counts(options.collective, max(options.sizes), options.dtypes[0], len(hosts))
+    algorithm, why = controller.algorithm(hosts, options.collective, largest.size_bytes, algorithm)
+    sites = rank_sites(tb.topo, [h.name for h in hosts]) if algorithm.hierarchical else None
     plan = controller.plan(hosts, flows(options.collective, len(hosts), algorithm, sites=sites))
-    log(f"mode {mode}: {controller.mode.description}")
+    log(f"mode {mode}: {controller.mode.description}; collective: {describe(algorithm)} ({why})")
     controller.configure_switches(plan)
     before = _dci_counters(tb, plan)
     calls = []
@@ -194,7 +198,7 @@ def run_mode(tb, options: nccl_tests.Options, mode: str, algorithm: Algorithm, p
     after = _dci_counters(tb, plan)
     dci = {k: after[k] - before[k] for k in after}
     dci["border_cnps"] = sum(c["cnps"] for c in controller.near_source_counters)  # near-source feedback's
-    summary = _summary(mode, calls, controller.samples, dci)
+    summary = dict(_summary(mode, calls, controller.samples, dci), algorithm=describe(algorithm))
     return ModeRun(mode, results, summary, controller.samples, controller.actions, calls)
 
 

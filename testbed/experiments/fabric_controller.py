@@ -19,6 +19,8 @@ Modes:
   distance-adaptive controller (``controllers.adaptive``) derived from the measured RTT and bottleneck and
   the number of the job's flows sharing it; each DCI egress gets thresholds from its BDP and the queue target;
   the latency loop (``controllers.latency``) holds the DCI queues near the target.
+- ``scale-across``: adaptive, and the job's collective algorithm and chunk chosen from the measured paths
+  (``algorithm``, ``testbed.collective.tuning``), as NVIDIA's NCCL plug-in tunes for long-haul links.
 - ``swift``: like adaptive, with the Swift-style delay-target window (``controllers.swift``) across DCIs.
 - ``adaptive:timers+delay`` and the like: the adaptive controller with only the mechanisms named, each of them
   switched where it acts (the senders' knobs, the DCI thresholds, the loop: ``testbed.experiments.modes``).
@@ -35,12 +37,17 @@ import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 
+import networkx as nx
+
 from controllers.adaptive import AdaptiveParams, Path, ecn_thresholds, target_queue_for
 from controllers.dcqcn import MLX5_FIRMWARE, Dcqcn, params_from_spec
 from controllers.latency import QueueGovernor
+from testbed.collective import tuning
+from testbed.collective.bounds import rank_sites
 from testbed.collective.control_channel import ControlServer
 from testbed.collective.near_source import NearSourceAgents
 from testbed.collective.runner import start_ranks
+from testbed.collective.schedules.model import Algorithm
 from testbed.experiments.discovery import SitePath, dci_hops
 from testbed.experiments.modes import Mode, lookup
 from testbed.net.netlink_counters import NamespaceCounters
@@ -48,6 +55,9 @@ from testbed.roce.queue_pair import line_rate_bps
 from testbed.roce.rocev2 import data_frame_bytes
 from testbed.roce.transport import TransportConfig
 
+# a probe's rate reads within 10 % of its path's declared bottleneck on a faithful run (test_three_sites:
+# 45-51 Mbit/s on 50 Mbit/s DCIs); a shortfall beyond it is the fabric's, not the probe's
+PROBE_TOLERANCE = 0.1
 SAMPLE_INTERVAL_S = 0.05  # wall time: what the host can sample; in declared time 0.05 s / dilation
 
 
@@ -84,6 +94,39 @@ class FabricController:
         self.samples: list[dict] = []
         self.actions: list[dict] = []
         self.near_source_counters: list[dict] = []
+
+    def algorithm(self, hosts: list, collective: str, size_bytes: int, default: Algorithm) -> tuple[Algorithm, str]:
+        """The algorithm the job runs ``collective`` with at its largest size ``size_bytes``, and why: ``default``
+        (the user's, NCCL's unless told) unless the mode tunes collectives; then the choice of
+        ``tuning.choose`` on the fabric with every DCI at its measured delay and rate."""
+        if not self.mode.tuned_collective:
+            return default, "the user's (mode does not tune collectives)"
+        names = [h.name for h in hosts]
+        choice = tuning.choose(tuning.with_measured_dcis(self.tb.graph, self._measured_dcis()), names,
+                               rank_sites(self.tb.topo, names), collective, size_bytes)
+        return choice.algorithm, choice.reason
+
+    def _measured_dcis(self) -> list[tuple[tuple[str, str], float, float]]:
+        """(DCI hop, one-way delay ms, rate Mbit/s) as the probes found them.  Each path's border RTT is
+        shared among its DCI hops as their declared delays are.  A probe measures the whole path's
+        bottleneck, so a rate says something about the DCIs only when it falls short of what the declared
+        path allows (host links included) by more than ``PROBE_TOLERANCE``: then the DCIs, the links the
+        probe was sent across, are taken to run at the measured rate; otherwise they keep their declared one."""
+        graph, measured = self.tb.graph, []
+        for path in self.paths.values():
+            declared_ms = sum(graph[a][b]["delay_ms"] for a, b in path.dcis)
+            short = path.bottleneck_mbps < (1 - PROBE_TOLERANCE) * min(self._declared_path_rates(path))
+            for a, b in path.dcis:
+                edge = graph[a][b]
+                rate = min(edge["bw_mbps"], path.bottleneck_mbps) if short else edge["bw_mbps"]
+                measured.append(((a, b), path.rtt_ms / 2 * edge["delay_ms"] / declared_ms, rate))
+        return measured
+
+    def _declared_path_rates(self, path: SitePath) -> list[float]:
+        """The declared rates (Mbit/s) of the links the probe between ``path``'s sites crossed."""
+        src, dst = self.tb.hosts(path.src_site)[0].name, self.tb.hosts(path.dst_site)[0].name
+        nodes = nx.dijkstra_path(self.tb.graph, src, dst)
+        return [self.tb.graph[a][b]["bw_mbps"] for a, b in zip(nodes, nodes[1:])]
 
     def plan(self, hosts: list, flows: set[tuple[int, int, int]]) -> Plan:
         """Thresholds per DCI egress and control messages per rank for the job's ``flows``

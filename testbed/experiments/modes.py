@@ -13,7 +13,10 @@ Mechanisms, each switchable on its own (issue 14's ablation):
               senders, the receivers stay quiet about marks on DCI flows (``testbed.collective.near_source``)
 
 A mode named ``adaptive:timers+delay`` runs the distance-adaptive controller with just those mechanisms;
-``adaptive`` has them all; ``baseline`` none: off-the-shelf RoCE, DCQCN with the mlx5 firmware defaults
+``adaptive`` has them all (the network alone: the collective runs as NCCL's default); ``scale-across`` is
+``adaptive`` plus distance-aware collectives, the fabric controller choosing the job's algorithm and chunk from
+the measured paths (``testbed.collective.tuning``): its ratio to the baseline is the full-stack one, beside
+``adaptive``'s network-only one; ``baseline`` none: off-the-shelf RoCE, DCQCN with the mlx5 firmware defaults
 (``controllers.dcqcn.MLX5_FIRMWARE``) and the DCI routers' shipped ECN profile (``testbed.model.fabric``);
 ``dcqcn-paper`` is the same with the DCQCN paper's knobs scaled to the line rate (the baseline until
 2026-12-07), to see how much the baseline's numbers owe to its knobs.
@@ -38,6 +41,7 @@ class Mode:
     dci_cc: type[CongestionControl]  # what the paths that cross a DCI run
     mechanisms: frozenset[str] = frozenset()
     dcqcn_profile: str = "mlx5"  # the knobs of a DCQCN across DCIs (``controllers.dcqcn.params_from_spec``)
+    tuned_collective: bool = False  # the controller chooses the collective's algorithm (full stack)
 
     @property
     def derived_thresholds(self) -> bool:
@@ -68,6 +72,9 @@ MODES = {
                         Dcqcn, dcqcn_profile="paper"),
     "adaptive": Mode("adaptive", "distance-adaptive CC, BDP-derived thresholds, latency loop", Adaptive,
                      frozenset(MECHANISMS)),
+    "scale-across": Mode("scale-across", "adaptive with every mechanism, plus distance-aware collectives "
+                         "(algorithm and chunk from the measured paths): the full stack", Adaptive,
+                         frozenset(MECHANISMS), tuned_collective=True),
     "swift": Mode("swift", "Swift-style delay target across DCIs, BDP-derived thresholds", Swift,
                   frozenset({"timers", "thresholds"})),
 }
@@ -91,5 +98,6 @@ def lookup(name: str) -> Mode:
 
 
 def ablation_modes() -> list[str]:
-    """The ablation's modes: the baseline, each mechanism alone, all of them."""
-    return ["baseline", *(f"adaptive:{m}" for m in MECHANISMS), "adaptive"]
+    """The ablation's modes: the baseline, each mechanism alone, all of them (network only), and the full
+    stack (all of them with distance-aware collectives)."""
+    return ["baseline", *(f"adaptive:{m}" for m in MECHANISMS), "adaptive", "scale-across"]

@@ -131,8 +131,7 @@ def _shortfall_note(captured: float, run: float, column: str, egress_drops: floa
     """Why the capture may hold fewer packets than the run counted, and what it saw after the run's count."""
     reasons = [f"{later:g} more captured after the receiver's last sample, not compared"] if later else []
     if captured < run and egress_drops:
-        reasons.append(f"the egress queue dropped {egress_drops:g} packets before the tap (RED drops "
-                       "Not-ECT ACKs and NAKs where it marks data)")
+        reasons.append(f"the egress queue dropped {egress_drops:g} packets before the tap")
     if kernel_drops:
         reasons.append(f"tcpdump missed {kernel_drops} packets on this interface")
     return "; ".join(reasons)

@@ -3,7 +3,7 @@
 A RoCEv2 NIC receives every queue pair's traffic on UDP port 4791 and tells them apart by the destination
 QP in the BTH; so does ``Nic``.  Data, ACKs, NAKs and CNPs all leave from and go to port 4791, so every
 packet of a capture decodes as RoCE in Wireshark and tshark.  The IP TOS byte (DSCP and ECN) is set per
-packet (data ECT(0), ACK/NAK Not-ECT, CNP ECT(1), see ``rocev2.ip_tos``) through ``sendmsg`` ancillary data.
+packet (data, ACK and NAK ECT(0), CNP ECT(1), see ``rocev2.ip_tos``) through ``sendmsg`` ancillary data.
 
 A NIC can be created inside another network namespace (``netns``, e.g. a Mininet host's
 ``/proc/<pid>/ns/net``): only its socket is made there, by the calling thread entering the namespace

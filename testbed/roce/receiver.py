@@ -172,7 +172,7 @@ class Receiver(QueuePairEnd):
         return flow
 
     def _send(self, packet: bytes, counter: str, tos: int | None = None) -> None:
-        """Send to the peer: ACKs and NAKs Not-ECT, CNPs with ``tos`` (ECT(1))."""
+        """Send to the peer: ACKs and NAKs ECT(0), CNPs with ``tos`` (ECT(1))."""
         self.nic.sendto(packet, self._ack_tos if tos is None else tos, self._peer)
         self.counters[counter] += 1
 

@@ -29,9 +29,15 @@ Packets
 
 ECN
     The IP ECN field is not part of the UDP payload: ``ip_tos`` gives the TOS byte to send each kind with.
-    Data is ECT(0) so RED queues mark instead of dropping.  ACK and NAK are Not-ECT: like TCP's pure ACKs
-    (RFC 3168 6.1.4) nothing slows them down when marked.  CNPs are ECT(1), as in the CNP Mellanox
-    published as the RoCEv2 reference example (IP TOS 0x89).
+    Data, ACKs and NAKs are ECT(0), so RED queues mark them instead of dropping.  A RoCE QP sends every
+    packet with its address vector's traffic class, ECN bits included, responses as well as requests: Linux's
+    soft-RoCE builds both through one ``prepare4(av, ...)`` with ``av->grh.traffic_class``.  That matters on a
+    DCI: a router's WRED drops Not-ECT packets where it marks ECT ones (SONiC's AZURE_LOSSLESS profile, and
+    sonic-buildimage issue 27606: Broadcom DNX drops incoming Not-ECT between Kmin and Kmax, marks the rest),
+    and with ACKs Not-ECT (as TCP's pure ACKs, RFC 3168 6.1.4) this testbed lost ACKs at every DCI whose
+    queue sat in RED's range, 10 retransmission timeouts in one 1 MB all_reduce.  A marked ACK slows nothing
+    (the requester's NIC answers CE on data only, as here).  CNPs are ECT(1), as in the CNP Mellanox published
+    as the RoCEv2 reference example (IP TOS 0x89).
 
 ICRC
     A CRC-32 (Ethernet polynomial, zlib's ``crc32``) over a pseudo packet: 8 bytes of 0xFF standing for the
@@ -156,7 +162,7 @@ class Kind(enum.StrEnum):
     CNP = "cnp"
 
 
-_ECN = {Kind.DATA: ECT0, Kind.ACK: NOT_ECT, Kind.NAK: NOT_ECT, Kind.CNP: ECT1}
+_ECN = {Kind.DATA: ECT0, Kind.ACK: ECT0, Kind.NAK: ECT0, Kind.CNP: ECT1}
 _DATA = Kind.DATA  # a global: the enum's attribute costs 9 times a global's lookup, once per packet
 
 

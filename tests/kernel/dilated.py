@@ -12,7 +12,7 @@ deep buffer (4 MB, 128 ms at its rate, as DCI routers have).
 ``UNCONGESTED``: the same fabric with 200 Mbit/s NICs, so a ring's one flow per DCI direction never fills it:
 what the invariance test measures is then set by rates, delays, timers and the transport alone, all of
 which dilation scales.  Under congestion the baseline's results are a lottery at any one k: at 1000 km
-DCQCN's 300 us timers against a 10 ms RTT overshoot, RED drops the Not-ECT ACKs and CNPs above Kmin, and a
+DCQCN's 300 us timers against a 10 ms RTT overshoot, RED dropped the ACKs (Not-ECT until 2026-12-07) above Kmin, and a
 message whose last ACK is lost waits out an RTO (measured at k 22: 25 % of the DCI packets retransmitted,
 8-11 RTOs per flow, iterations of 113 to 264 ms at the same k).
 """

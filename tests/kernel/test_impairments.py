@@ -3,6 +3,8 @@
 import itertools
 import math
 import re
+import threading
+import time
 
 import pytest
 from scapy.layers.inet import IP
@@ -144,3 +146,36 @@ def test_ecn_capable_traffic_above_threshold_is_marked_counted_and_captured(two_
     # RED counts a mark on enqueue; a marked packet can still meet a full buffer and be dropped after it
     assert marks - full_buffer_drops <= captured_ce <= marks, (captured_ce, marks, full_buffer_drops)
     assert captured_ce > 0
+
+
+def test_changing_the_thresholds_under_a_standing_queue_keeps_the_queue(two_sites):
+    """The latency loop re-sets a DCI's thresholds while its queue stands: nothing queued may be lost.  The
+    kernel swaps RED's queue for a new one on a change that names a buffer, counting the flushed packets as
+    drops of the tree but not of RED (its own early and overlimit counters): so every drop of the tree
+    must be RED's own, and the buffer must read back unchanged from where the queue now lives."""
+    west = two_sites.egress("westb", "eastb")
+    src, dst = two_sites.hosts("west")[2], two_sites.hosts("east")[2]
+    original, buffer_bytes = west.shape, read_config(netlink(west.node), west.index)["buffer_bytes"]
+    before = west.stats()
+    load = threading.Thread(target=iperf_udp, args=(src, dst), daemon=True,
+                            kwargs={"mbps": 55, "seconds": 3, "length": 8972, "tos": ECT0})  # 1.1x the DCI
+    load.start()
+    standing, changes = [], itertools.cycle([(buffer_bytes // 8, buffer_bytes // 3), (buffer_bytes // 16,
+                                                                                         buffer_bytes // 4)])
+    try:
+        deadline = time.monotonic() + 2.5
+        while time.monotonic() < deadline:
+            kmin, kmax = next(changes)
+            west.set(ecn_kmin_bytes=kmin, ecn_kmax_bytes=kmax)
+            standing.append(west.stats()["backlog_bytes"])
+            time.sleep(0.1)
+        held = read_config(netlink(west.node), west.index)
+    finally:
+        load.join()
+        west.set(ecn_kmin_bytes=original.ecn_kmin_bytes, ecn_kmax_bytes=original.ecn_kmax_bytes)
+    after = west.stats()
+    print(f"{len(standing)} changes, backlog after each (bytes): {standing}")
+    assert (held["buffer_bytes"], held["ecn_kmin_bytes"]) == (buffer_bytes, kmin)
+    assert max(standing) > 50_000  # a queue stood while the thresholds changed
+    red_drops = sum(after[k] - before[k] for k in ("red_early_drops", "red_overlimit_drops", "netem_drops"))
+    assert after["drops"] - before["drops"] == red_drops, (before, after)

@@ -18,7 +18,7 @@ from testbed.results.analysis import analyze, save
 from testbed.results.capture_flows import classify_psns
 from testbed.results.crosscheck import cross_check, disagreements
 from testbed.results.pcap import AnalysisError, decode, read_packets
-from testbed.roce.rocev2 import CE, ECT0, ECT1, NOT_ECT, Flow, build_ack, build_cnp, build_data, build_nak
+from testbed.roce.rocev2 import CE, ECT0, ECT1, Flow, build_ack, build_cnp, build_data, build_nak
 
 WEST, EAST = "10.1.0.2", "10.2.0.2"
 WEST_MAC, EAST_MAC = "02:00:00:00:00:07", "02:00:00:00:00:08"  # westb-eth2's own MAC, the peer's
@@ -58,7 +58,7 @@ def control(kind: str, src: str, dst: str, dqpn: int, src_mac: str = EAST_MAC, d
     payload = {"ack": lambda: build_ack(flow, dqpn=dqpn, psn=5, msn=1),
                "nak": lambda: build_nak(flow, dqpn=dqpn, psn=5, msn=1),
                "cnp": lambda: build_cnp(flow, dqpn=dqpn)}[kind]()
-    return frame(src, dst, payload, ECT1 if kind == "cnp" else NOT_ECT, src_mac, dst_mac)
+    return frame(src, dst, payload, ECT1 if kind == "cnp" else ECT0, src_mac, dst_mac)
 
 
 def ip_bytes(frame_bytes: bytes) -> int:

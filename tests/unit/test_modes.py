@@ -34,13 +34,15 @@ def test_the_named_modes_are_all_mechanisms_none_and_swift_with_its_own():
 def test_the_ablation_is_the_baseline_each_mechanism_alone_and_all_of_them():
     modes = ablation_modes()
     assert modes == ["baseline", "adaptive:timers", "adaptive:window", "adaptive:delay", "adaptive:thresholds",
-                     "adaptive:loop", "adaptive:nearsource", "adaptive"]
-    assert [len(lookup(m).mechanisms) for m in modes] == [0, 1, 1, 1, 1, 1, 1, 6]
+                     "adaptive:loop", "adaptive:nearsource", "adaptive", "scale-across"]
+    assert [len(lookup(m).mechanisms) for m in modes] == [0, 1, 1, 1, 1, 1, 1, 6, 6]
+    assert [m for m in modes if lookup(m).tuned_collective] == ["scale-across"]
     assert lookup("adaptive:nearsource").near_source and not lookup("adaptive:loop").near_source
 
 
 @pytest.mark.parametrize("name, message", [
-    ("magic", "unknown mode 'magic' (modes: baseline, dcqcn-paper, adaptive, swift, or adaptive:MECHANISM+..."),
+    ("magic", "unknown mode 'magic' (modes: baseline, dcqcn-paper, adaptive, scale-across, swift, or "
+              "adaptive:MECHANISM+..."),
     ("swift:delay", "unknown mode 'swift:delay'"),
     ("adaptive:", "unknown mode 'adaptive:'"),
     ("adaptive:delay+speed", "mode 'adaptive:delay+speed': unknown or repeated mechanism speed (mechanisms: timers,"),

@@ -10,7 +10,18 @@ import time
 
 from testbed.collective.near_source import CE_FILTER, SNAPLEN, NearSourceAgent, ipv4_udp, marked_socket
 from testbed.collective.qp_numbers import receiver_qpn, sender_qpn
-from testbed.roce.rocev2 import CE, ROCEV2_UDP_PORT, Flow, Kind, build_cnp, build_data, ip_tos, parse
+from testbed.roce.rocev2 import (
+    CE,
+    ROCEV2_UDP_PORT,
+    Flow,
+    Kind,
+    build_ack,
+    build_cnp,
+    build_data,
+    build_nak,
+    ip_tos,
+    parse,
+)
 
 ADDRESSES = ["10.1.0.1", "10.1.0.5", "10.2.0.1", "10.2.0.5"]  # ranks 0, 1 west; 2, 3 east
 NCHANNELS = 2
@@ -54,7 +65,7 @@ def test_cnps_are_paced_per_flow_like_the_notification_point():
     assert agent.counters["marked"] == 21 and agent.counters["cnps"] == 5
 
 
-def test_packets_of_other_jobs_and_marked_cnps_draw_nothing():
+def test_packets_of_other_jobs_and_marked_acks_naks_and_cnps_draw_nothing():
     agent = NearSourceAgent(ADDRESSES[:2] + ["10.2.0.9", ADDRESSES[3]], NCHANNELS, interval_ns=0)
     assert agent.on_marked(frame(1, 2, channel=0, tos=CE_DATA), 0) is None  # 10.2.0.1 is not one of its ranks
     other_channels = NearSourceAgent(ADDRESSES, 1, interval_ns=0)
@@ -62,6 +73,12 @@ def test_packets_of_other_jobs_and_marked_cnps_draw_nothing():
     cnp = ipv4_udp(ADDRESSES[2], ADDRESSES[0], ROCEV2_UDP_PORT, ROCEV2_UDP_PORT, ip_tos(Kind.CNP) | CE,
                    build_cnp(Flow(ADDRESSES[2], ADDRESSES[0], ROCEV2_UDP_PORT), dqpn=2))
     assert agent.on_marked((b"\x00" * 12 + b"\x08\x00" + cnp)[:SNAPLEN], 0) is None
+    # east's receivers acknowledge west's senders across this egress too; their ACKs and NAKs are ECT(0)
+    reply = Flow(ADDRESSES[0], ADDRESSES[2], ROCEV2_UDP_PORT)
+    for payload in (build_ack(reply, dqpn=sender_qpn(2, 0, 4), psn=7, msn=1),
+                    build_nak(reply, dqpn=sender_qpn(2, 0, 4), psn=7, msn=1)):
+        packet = ipv4_udp(ADDRESSES[0], ADDRESSES[2], ROCEV2_UDP_PORT, ROCEV2_UDP_PORT, ip_tos(Kind.ACK) | CE, payload)
+        assert agent.on_marked((b"\x00" * 12 + b"\x08\x00" + packet)[:SNAPLEN], 0) is None
     assert (agent.counters["marked"], agent.counters["unknown"], other_channels.counters["unknown"]) == (1, 1, 1)
 
 

@@ -13,11 +13,11 @@ from testbed.net.tc.qdisc import U32_MAX, htb_class_params, netem_params, plan, 
 TCA_OPTIONS, TCA_NETEM_LOSS, NETEM_LOSS_GE = 2, 5, 2  # linux/rtnetlink.h, linux/pkt_sched.h
 
 
-def test_tree_is_netem_then_htb_then_red():
+def test_tree_is_netem_then_htb_then_red_then_its_queue():
     calls = plan(LinkConfig(bw_mbps=100, delay_ms=5).resolved(9000), 9000)
     assert [(c.kind, c.handle, c.parent, c.is_class) for c in calls] == [
         ("netem", "1:", None, False), ("htb", "10:", "1:1", False),
-        ("htb", "10:1", "10:", True), ("red", "20:", "10:1", False)]
+        ("htb", "10:1", "10:", True), ("red", "20:", "10:1", False), ("bfifo", "30:", "20:1", False)]
 
 
 def test_netem_limit_covers_the_bandwidth_delay_product_not_the_default():
@@ -50,6 +50,20 @@ def test_red_marks_between_the_resolved_thresholds_and_drops_at_the_buffer():
     assert (params["min"], params["max"], params["limit"]) == (
         config.ecn_kmin_bytes, config.ecn_kmax_bytes, config.buffer_bytes)
     assert params["ecn"] is True and params["probability"] == config.ecn_pmax
+
+
+def test_red_queues_in_an_explicit_bfifo_and_a_change_keeps_the_queue():
+    """RED's queue is a bfifo of the buffer; a change gives RED a limit of 0, which keeps that queue (any other
+    makes the kernel flush it into a new one), and the bfifo its buffer."""
+    config = LinkConfig(bw_mbps=50, delay_ms=5).resolved(9000)
+    built, changed = plan(config, 9000), plan(config, 9000, change=True)
+    for calls, red_limit in ((built, config.buffer_bytes), (changed, 0)):
+        red_call, queue_call = calls[-2:]
+        assert (red_call.kind, red_call.handle, red_call.params["limit"]) == ("red", "20:", red_limit)
+        assert (queue_call.kind, queue_call.handle, queue_call.parent, queue_call.params) == (
+            "bfifo", "30:", "20:1", {"limit": config.buffer_bytes})
+    qopt = dict(red.get_parameters(changed[-2].params)["attrs"])["TCA_RED_PARMS"]
+    assert (qopt["limit"], qopt["qth_min"], qopt["qth_max"]) == (0, config.ecn_kmin_bytes, config.ecn_kmax_bytes)
 
 
 def iproute2_plog(qmin: int, qmax: int, probability: float) -> int:

@@ -217,10 +217,10 @@ def test_flow_rejects_bad_addresses(arguments, message):
         Flow(*arguments)
 
 
-def test_data_is_sent_ect0_and_acks_not_ect():
+def test_data_acks_and_naks_are_sent_ect0_and_cnps_ect1():
     assert ip_tos(Kind.DATA) & 0b11 == 0b10  # ECT(0)
     assert ip_tos(Kind.DATA, dscp=26) == 26 << 2 | 0b10
-    assert ip_tos(Kind.ACK) & 0b11 == ip_tos(Kind.NAK) & 0b11 == 0b00
+    assert ip_tos(Kind.ACK) & 0b11 == ip_tos(Kind.NAK) & 0b11 == 0b10  # ECT(0), as the QP sends all it sends
     assert ip_tos(Kind.CNP) & 0b11 == 0b01
     data = parse(small_packets()[0], FLOW)
     assert to_scapy(data, FLOW)[IP].tos == 0b10

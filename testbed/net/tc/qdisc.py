@@ -2,7 +2,8 @@
 
     root 1:  netem     delay / jitter / loss / reorder / duplication / corruption   (a pure delay line)
      1:1 ->  10: htb   class 10:1 at the link rate                                   (the bottleneck)
-    10:1 ->  20: red   ECN marking between Kmin and Kmax, tail drop at the buffer    (the queue)
+    10:1 ->  20: red   ECN marking between Kmin and Kmax                             (the marker)
+    20:1 ->  30: bfifo tail drop at the buffer                                       (the queue)
 
 Why this order, unlike Mininet's (htb -> netem, RED measuring the delay line): packets leave netem when
 their delay has passed and only then wait for the rate, so the backlog that builds at the bottleneck is
@@ -13,6 +14,15 @@ jitter, netem's ``rate`` is set far above the link rate: netem then computes eac
 the previous one, so jitter varies the delay without reordering, as a FIFO fibre path does; reordering
 happens only when ``reorder_pct`` asks for it.  With ``loss_burst_pkts``, netem's Gilbert-Elliott model
 decides the losses instead of independent draws (see ``simple_gilbert``).
+
+Why RED's queue is an explicit bfifo: RED keeps its packets in a child fifo, and the kernel's ``red_change``
+(net/sched/sch_red.c) replaces that child whenever a change names a limit, flushing its backlog and counting
+every packet in it as dropped (by the tree; RED's own counters do not see them).  A switch re-setting its WRED
+thresholds loses nothing, and the latency loop re-sets a DCI's thresholds many times a run: 45 changes in one
+1 MB all_reduce flushed 333 queued packets and cost the adaptive mode 9 retransmission timeouts, where the
+baseline, which never changes thresholds, lost none.  So RED gets its limit only when it is built (the
+kernel needs one to create a child at all), then the explicit bfifo replaces that child, and changes send
+RED a limit of 0 (keep the child) and the bfifo its buffer (a fifo's change keeps its queue).
 """
 
 import math
@@ -22,10 +32,10 @@ from pyroute2.netlink.rtnl.tcmsg.common import tick_in_usec, time2tick
 
 from testbed.model.fabric import LinkConfig, TopologyError
 from testbed.model.units import frame_bytes
-from testbed.net.tc import netem, red
+from testbed.net.tc import bfifo, netem, red
 
-NETEM, HTB, RED = "1:", "10:", "20:"
-HTB_CLASS = "10:1"
+NETEM, HTB, RED, QUEUE = "1:", "10:", "20:", "30:"
+HTB_CLASS, RED_CLASS = "10:1", "20:1"
 MIN_PACKET_BYTES = 64
 FAN_IN_HEADROOM = 4  # arrivals at a switch egress may exceed the link rate this many times over
 ORDER_KEEPING_RATE_FACTOR = 16  # netem rate used only to serialise departures, never to limit
@@ -100,10 +110,11 @@ def htb_class_params(config: LinkConfig, mtu: int) -> dict:
     return {"rate": rate, "ceil": rate, "burst": burst, "cburst": burst, "quantum": frame_bytes(mtu)}
 
 
-def red_params(config: LinkConfig) -> dict:
-    """RED with ECN between Kmin and Kmax (bytes, instantaneous queue); the buffer is its hard limit."""
+def red_params(config: LinkConfig, change: bool = False) -> dict:
+    """RED with ECN between Kmin and Kmax (bytes, instantaneous queue); the buffer is its hard limit when it is
+    built, a limit of 0 (keep the queue) when it is changed."""
     return {
-        "limit": config.buffer_bytes,
+        "limit": 0 if change else config.buffer_bytes,
         "min": config.ecn_kmin_bytes,
         "max": config.ecn_kmax_bytes,
         "probability": config.ecn_pmax,
@@ -139,13 +150,14 @@ def check_emulable(declared: LinkConfig, mtu: int, where: str, dilation: float =
             raise TopologyError(f"{where}: {name} {getattr(config, name)} exceeds RED's u32 (4.29 GB)")
 
 
-def plan(config: LinkConfig, mtu: int) -> list[TcCall]:
-    """The calls that build (or, sent as changes, update) the tree for a resolved ``config``."""
+def plan(config: LinkConfig, mtu: int, change: bool = False) -> list[TcCall]:
+    """The calls that build (or, with ``change``, update) the tree for a resolved ``config``."""
     return [
         TcCall("netem", NETEM, None, netem_params(config)),
         TcCall("htb", HTB, "1:1", {"default": 1}),
         TcCall("htb", HTB_CLASS, HTB, htb_class_params(config, mtu), is_class=True),
-        TcCall("red", RED, HTB_CLASS, red_params(config)),
+        TcCall("red", RED, HTB_CLASS, red_params(config, change)),
+        TcCall("bfifo", QUEUE, RED_CLASS, {"limit": config.buffer_bytes}),
     ]
 
 
@@ -153,7 +165,8 @@ def apply(ipr, index: int, config: LinkConfig, mtu: int, change: bool = False) -
     """Build the tree on interface ``index`` or, with ``change``, update it in place (no packet lost)."""
     netem.register()
     red.register()
-    for call in plan(config, mtu):
+    bfifo.register()
+    for call in plan(config, mtu, change):
         if change and call.kind == "htb" and not call.is_class:
             continue  # the htb qdisc itself has nothing that changes
         call.send(ipr, index, change)
@@ -190,6 +203,7 @@ def read_config(ipr, index: int) -> dict:
     Probabilities are in percent; ``netem_loss_gemodel_pct`` is None while netem draws losses independently.
     """
     netem.register()  # decodes TCA_NETEM_LOSS, which pyroute2's own netem plugin leaves undecoded
+    bfifo.register()
     by_handle = _qdiscs_by_handle(ipr, index)
     htb_class = next(c for c in ipr.get_classes(index=index) if _handle(c["handle"]) == HTB_CLASS)
     htb = htb_class.get_attr("TCA_OPTIONS")
@@ -202,7 +216,7 @@ def read_config(ipr, index: int) -> dict:
         "netem_limit_packets": netem_opts["limit"],
         "netem_loss_pct": _percent(netem_opts["loss"]),
         "netem_loss_gemodel_pct": _gemodel_pct(netem_opts),
-        "buffer_bytes": red_opts["limit"],
+        "buffer_bytes": by_handle[QUEUE].get_attr("TCA_OPTIONS")["limit"],
         "ecn_kmin_bytes": red_opts["qth_min"],
         "ecn_kmax_bytes": red_opts["qth_max"],
     }

@@ -10,6 +10,10 @@ the DCQCN and DCTCP papers do, not an EWMA.  Linux RED decays its average over i
 finds it empty, and under HTB (our parent) that never happens: after a congestion episode the average stayed
 above Kmax, and every Not-ECT packet (ACKs, NAKs, pings, TCP) was dropped for seconds on an empty queue
 (20 pings in a row, 0.2 s apart, measured; an iperf3 control connection hung for 30 s in CI).
+
+``limit`` 0 keeps RED's child queue as it is: the kernel's ``red_change`` replaces the child, flushing its
+packets, whenever it is given any other limit (``qdisc``'s docstring says what that cost).  The kernel then
+reports a limit of 0 for RED itself.
 """
 
 import struct
@@ -29,12 +33,13 @@ IDLE_STAB = [31] * 256  # should the kernel ever see an idle period, the average
 
 
 def get_parameters(kwarg):
-    """Options for a RED qdisc; raises ValueError on thresholds the kernel would reject."""
+    """Options for a RED qdisc (``limit`` 0: a change that keeps the queue and its buffer); raises ValueError
+    on thresholds the kernel would reject."""
     limit, qmin, qmax = int(kwarg["limit"]), int(kwarg["min"]), int(kwarg["max"])
     probability = float(kwarg.get("probability", 0.02))
     if not 0 < qmin < qmax:
         raise ValueError(f"red: min {qmin} must be > 0 and below max {qmax}")
-    if qmax > limit:
+    if limit and qmax > limit:
         raise ValueError(f"red: max {qmax} must not exceed limit {limit}")
     if not 0 < probability <= 1:
         raise ValueError(f"red: probability {probability} must be in (0, 1]")
