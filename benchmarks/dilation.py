@@ -53,9 +53,11 @@ def main() -> int:
     from testbed.net.network import Testbed
 
     with console.status(f"calibrating with {ranks} ranks"):
-        budget = measure_budget(ranks)
-    auto = dilation.auto(budget, max(args.host_mbps, args.dci_mbps) * 1e6 / 8 / data_frame_bytes())
-    say(f"budget {budget:,.0f} packets/s per rank, {ranks} ranks: auto k {auto:g}")
+        found = measure_budget(ranks)
+    auto = dilation.auto(found.packets_per_s, max(args.host_mbps, args.dci_mbps) * 1e6 / 8 / data_frame_bytes(),
+                         late_p99_s=found.late_p99_s, shortest_rtt_s=topo.fabric.shortest_dci_rtt_ms() / 1e3)
+    say(f"budget {found.packets_per_s:,.0f} packets/s per rank, {ranks} ranks, event-loop lateness p99 "
+        f"{found.late_p99_s * 1e3:.3g} ms: auto k {auto:g}")
     runs = []
     with Testbed(topo, auto) as tb:
         for k in (max(1.0, auto / 2), auto, 2 * auto):

@@ -378,7 +378,7 @@ def pacing_table(frame: pd.DataFrame):
 
 def budgets(ranks: list[int], seconds: float) -> dict[int, float]:
     """The packet budget (packets/s per rank) with each number of ranks, here."""
-    return {n: measure_budget(n, seconds) for n in ranks}
+    return {n: measure_budget(n, seconds).packets_per_s for n in ranks}
 
 
 def budgets_in_vm(ranks: list[int], seconds: float) -> dict[int, float] | None:

@@ -117,8 +117,11 @@ class RankLinks:
             raise TimeoutError(f"rank {self.rank}: {failure} {self.step_timeout_s:g} s")
 
     def counters(self) -> dict:
-        """The senders' counters summed: what the controller reports per run."""
-        return {name: sum(s.counters[name] for s in self.senders.values()) for name in FLOW_COUNTERS}
+        """The senders' counters summed, and the packets the receivers got twice (``duplicates``: a
+        retransmission whose original had arrived, i.e. a spurious one, unless the fabric duplicates): what
+        the controller reports per run."""
+        sent = {name: sum(s.counters[name] for s in self.senders.values()) for name in FLOW_COUNTERS}
+        return {**sent, "duplicates": sum(r.counters["duplicates"] for r in self.receivers.values())}
 
 
 def _of_peer(ends: dict, peer: int | str) -> list:

@@ -72,7 +72,7 @@ def add_topology_options(parser: argparse.ArgumentParser) -> None:
     topo.add_argument("--mtu", type=int, help="link MTU (default 9000)")
     topo.add_argument("--dilation", default="auto", metavar="K|auto",
                       help="run the declared fabric K times slower, every figure reported in declared time (1: real "
-                           "time; auto, the default: measure what this host's transport sustains, then pick K)")
+                           "time; auto, the default: measure this host's packet rate and timer lateness, then pick K)")
     parser.add_argument("--out", type=Path, help="results directory (default results/<name>-<time>)")
 
 
@@ -102,30 +102,38 @@ def topology_params(args, topo_cls: type[FabricTopo]) -> dict:
 def resolve_dilation(args, topo: FabricTopo, rate_scale: float = 1.0) -> float:
     """The run's k: ``--dilation`` as given (times ``rate_scale``, for a fabric whose rates were scaled so, at
     least 1), or for auto the k at which the busiest link needs at most 30 % of the packets/s the transport
-    sustains here with as many ranks as will run (measured once, where the fabric runs: natively or inside
-    the microVM).  Says which and why in one line."""
+    sustains here with as many ranks as will run, and the event loop's lateness there stays within a tenth
+    of the shortest RTT between sites (both measured once, where the fabric runs: natively or inside the
+    microVM; ``testbed.model.dilation.auto``).  Says which and why in one line."""
     given = dilation_from(args)
     if given is not None:
         return max(1.0, given * rate_scale)
     ranks = len(topo.nodes_with(role="host"))
-    budget_pps = measured_budget(ranks)
+    found = measured_budget(ranks)
     (a, b), mbps, needed_pps = budget.busiest_link(topo)
+    rtt_ms = topo.fabric.shortest_dci_rtt_ms()
     try:
-        k = dilation.auto(budget_pps, needed_pps)
+        k = dilation.auto(found.packets_per_s, needed_pps, late_p99_s=found.late_p99_s,
+                          shortest_rtt_s=None if rtt_ms is None else rtt_ms / 1e3)
     except ValueError:
         raise UsageError(f"--dilation auto: link {a}-{b} at {mbps:g} Mbit/s needs {needed_pps:,.0f} packets/s, "
-                         f"more than {dilation.MAX_DILATION:g} x this host's {budget_pps:,.0f}: "
+                         f"more than {dilation.MAX_DILATION:g} x this host's {found.packets_per_s:,.0f}: "
                          "give a smaller rate") from None
-    say(f"# dilation auto: {budget_pps:,.0f} packets/s per rank here ({ranks} ranks at once); the busiest link, "
-        f"{a}-{b} at {mbps:g} Mbit/s, needs {needed_pps:,.0f}/s of {data_frame_bytes()} B frames; k {k:g} keeps it at "
-        f"{needed_pps / k / budget_pps:.0%} of the budget")
+    say(f"# dilation auto: {found.packets_per_s:,.0f} packets/s per rank here ({ranks} ranks at once); the "
+        f"busiest link, {a}-{b} at {mbps:g} Mbit/s, needs {needed_pps:,.0f}/s of {data_frame_bytes()} B frames; "
+        f"k {k:g} keeps it at {needed_pps / k / found.packets_per_s:.0%} of the budget"
+        + ("" if rtt_ms is None else
+           f" and the event loop's lateness ({found.late_p99_s * 1e3:.3g} ms at p99, x{dilation.LATE_MARGIN:g}) at "
+           f"{dilation.LATE_MARGIN * found.late_p99_s / (rtt_ms / 1e3 * k):.0%} of the {rtt_ms:.3g} ms RTT (at "
+           f"most {dilation.MAX_LATE_RTT:.0%})"))
     return k
 
 
 @functools.cache
-def measured_budget(ranks: int) -> float:
-    """The transport's packets/s per rank here, ``ranks`` at once (``testbed.roce.budget``), once per process."""
-    with stage(f"calibrating: the transport's packet rate with {ranks} ranks at once"):
+def measured_budget(ranks: int) -> budget.Budget:
+    """The transport's packets/s per rank here and its event loop's lateness, ``ranks`` at once
+    (``testbed.roce.budget``), once per process."""
+    with stage(f"calibrating: the transport's packet rate and timers with {ranks} ranks at once"):
         return budget.measure(ranks)
 
 

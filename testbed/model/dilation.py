@@ -55,17 +55,38 @@ def header(dilation: float) -> str:
 # comparison's DCI dequeued 0.89-0.92 of its rate while backlogged under TCG, and its verdicts asked for k
 # 7,100-7,300 (0.38-0.39); the forwarding kernel shares the vCPUs with the ranks
 AUTO_SHARE = 0.3
+# a rank's event loop may wake at most this share of the fabric's shortest base RTT (wall time) late, at p99:
+# beyond, RTT samples and control loops see the emulator's delays (``testbed.observe.fidelity``)
+MAX_LATE_RTT = 0.1
+# the run's lateness against the calibration's: paced ranks on loopback measured 1.9-10.1 ms at p99 under TCG
+# (four ranks, 2026-12-07), a distance sweep's runs 5-16 ms (the kernel's forwarding, the telemetry sampler
+# and the controller share the vCPUs with the ranks there); 3x keeps the largest run below the bound from a
+# typical calibration (3-5 ms), and the verdict still judges every run
+LATE_MARGIN = 3.0
 E6 = (1.0, 1.5, 2.2, 3.3, 4.7, 6.8)  # the preferred numbers k is rounded up to: stable across calibrations
 
 
-def auto(budget_pps: float, busiest_pps: float, share: float = AUTO_SHARE) -> float:
-    """The k at which the busiest link's declared packet rate, divided by k, is at most ``share`` of the
-    transport's measured budget (packets/s per rank), rounded up to a number of the E6 series (so two
-    calibrations a few percent apart pick the same k, and k never exceeds what is needed by 1.5x)."""
+def auto(budget_pps: float, busiest_pps: float, share: float = AUTO_SHARE, late_p99_s: float = 0.0,
+         shortest_rtt_s: float | None = None) -> float:
+    """The smallest k, rounded up to a number of the E6 series (so two calibrations a few percent apart pick
+    the same k, and k never exceeds what is needed by 1.5x), at which both (1) the busiest link's declared
+    packet rate, divided by k, is at most ``share`` of the transport's measured budget (packets/s per rank),
+    and (2) the event loop's measured lateness ``late_p99_s`` (wall time, which k does not shrink), times
+    ``LATE_MARGIN``, is at most ``MAX_LATE_RTT`` of the fabric's shortest base RTT between sites times k (no
+    such bound for ``shortest_rtt_s`` None: one site)."""
     for name, value in (("budget_pps", budget_pps), ("busiest_pps", busiest_pps), ("share", share)):
         if not (math.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be a positive finite number, got {value}")
-    return rounded_up(busiest_pps / (share * budget_pps))
+    return rounded_up(max(busiest_pps / (share * budget_pps), late_dilation(late_p99_s, shortest_rtt_s)))
+
+
+def late_dilation(late_p99_s: float, shortest_rtt_s: float | None) -> float:
+    """The k the lateness asks for alone (0 without an RTT between sites): see ``auto``."""
+    if not shortest_rtt_s:
+        return 0.0
+    if not (math.isfinite(late_p99_s) and late_p99_s >= 0 and math.isfinite(shortest_rtt_s) and shortest_rtt_s > 0):
+        raise ValueError(f"lateness {late_p99_s} s and RTT {shortest_rtt_s} s must be finite, >= 0 and > 0")
+    return LATE_MARGIN * late_p99_s / (MAX_LATE_RTT * shortest_rtt_s)
 
 
 def rounded_up(needed: float) -> float:

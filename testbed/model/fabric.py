@@ -277,6 +277,12 @@ class Fabric:
     def site(self, name: str) -> Site:
         return next(s for s in self.sites if s.name == name)
 
+    def shortest_dci_rtt_ms(self) -> float | None:
+        """Twice the shortest DCI's one-way delay: what the RTT between two sites' hosts is at least, known
+        before anything is built (None: no DCI, or none with a delay)."""
+        delays = [d.one_way_delay_ms() for d in self.dci_links]
+        return 2 * min(delays) if delays and min(delays) > 0 else None
+
     def varied(self, dci_km: float | None = None, rate_scale: float = 1.0) -> "Fabric":
         """The same fabric with every DCI ``dci_km`` long (its delay from the distance) and every link's rate
         times ``rate_scale``: what a distance sweep runs at each distance (``testbed.commands.compare``)."""

@@ -12,10 +12,18 @@ a ring through the real transport (a ``Nic``, a ``Sender``, a ``Receiver``), as 
 within a window of ``WINDOW_PACKETS`` so loopback never drops (it did in the microVM, whose kernel capped
 the sockets' buffers below the window until the NIC forced them: half of what was sent there was
 retransmitted); after ``warmup_s`` each counts the packets its receiver accepted for ``seconds``, and
-answers with what its sender sent, retransmitted and timed out too (``serve_counting``).  The budget is the
+answers with what its sender sent, retransmitted and timed out too (``_count``).  The budget is the
 median rank's count per second: each rank then sent and received that many at once, as in a ring
 collective.  Loopback carries no router hops or qdiscs, so a fabric costs the host more per packet than
 this; ``auto`` keeps the busiest link at 30 % of the budget (``dilation.AUTO_SHARE``).
+
+Then the lateness: the same ranks, each paced at that share of the budget, report their event loop's
+lateness p99 (``testbed.roce.nic.Lateness``), the largest rank's.  It is wall time that the other processes'
+turns on the CPUs cost a timer whatever the k, so it bounds k from below by the fabric's shortest RTT
+(``dilation.auto``'s second term): under TCG it was 5-16 ms in every run of a distance sweep (2026-12-07,
+four ranks on two vCPUs, CPU demand 0.44-0.91), so a 10 km DCI's 0.12 ms RTT needed k ~1,400 where the
+packet budget asked for 40; natively it is tens of microseconds.  Pacing wakes the loop on timers, as a
+rank's pacing, ACK delay and RTO do; flooding would not.
 
     python -m testbed.roce.budget --ranks 4          # prints the budget, as the run does
 """
@@ -26,8 +34,10 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 
 from controllers.base import CongestionControl
+from testbed.model.dilation import AUTO_SHARE
 from testbed.roce.nic import Nic, run
 from testbed.roce.receiver import Receiver
 from testbed.roce.rocev2 import ROCEV2_UDP_PORT, data_frame_bytes
@@ -67,8 +77,18 @@ def address(rank: int) -> str:
     return f"127.0.1.{rank + 1}"
 
 
-def measure(ranks: int, seconds: float = 2.0, warmup_s: float = 0.5) -> float:
-    """Packets per second per rank (the median rank's), ``ranks`` of them sending in a ring at once."""
+@dataclass(frozen=True)
+class Budget:
+    """What the host gives the ranks' transport: packets/s per rank (the median rank's, flooding), and the
+    event loop's lateness p99 in seconds (the largest rank's, paced at ``share`` of that)."""
+
+    packets_per_s: float
+    late_p99_s: float
+    share: float = AUTO_SHARE
+
+
+def measure(ranks: int, seconds: float = 2.0, warmup_s: float = 0.5, share: float = AUTO_SHARE) -> Budget:
+    """The budget of ``ranks`` ranks in a ring at once: flooding, then paced at ``share`` of the budget."""
     command = [sys.executable, "-m", "testbed.roce.budget", "--ranks", str(ranks), "--seconds", str(seconds),
                "--warmup", str(warmup_s)]
     procs = [subprocess.Popen([*command, "--rank", str(rank)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -76,15 +96,22 @@ def measure(ranks: int, seconds: float = 2.0, warmup_s: float = 0.5) -> float:
     try:
         for proc in procs:
             _answer(proc)  # ready: its NIC is bound
-        for proc in procs:
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
-        return statistics.median(_answer(proc)["packets_per_s"] for proc in procs)
+        pps = statistics.median(answer["packets_per_s"] for answer in _phase(procs, "flood"))
+        late_us = max(answer["late_p99_us"] for answer in _phase(procs, f"pace {share * pps:.0f}"))
+        return Budget(pps, late_us / 1e6, share)
     finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
+
+
+def _phase(procs: list[subprocess.Popen], order: str) -> list[dict]:
+    """Every rank's answer to ``order`` ("flood", or "pace PPS"), all started together."""
+    for proc in procs:
+        proc.stdin.write(order + "\n")
+        proc.stdin.flush()
+    return [_answer(proc) for proc in procs]
 
 
 def _answer(proc: subprocess.Popen) -> dict:
@@ -94,40 +121,50 @@ def _answer(proc: subprocess.Popen) -> dict:
     return json.loads(line)
 
 
-def serve(rank: int, ranks: int, seconds: float, warmup_s: float) -> float:
-    """One rank of the measurement: bind, say ready, wait for "go", send to the next rank and count what arrives."""
-    return serve_counting(rank, ranks, seconds, warmup_s)["packets_per_s"]
-
-
-def serve_counting(rank: int, ranks: int, seconds: float, warmup_s: float) -> dict:
-    """``serve``, answering with what the rank's sender did too: packets sent and retransmitted, timeouts and
-    NAKs (the budget counts accepted packets only, so recovery shows as a lower budget; these say why)."""
+def serve(rank: int, ranks: int, seconds: float, warmup_s: float) -> None:
+    """One rank of the measurement: bind, say ready, then answer each order on stdin ("flood": send to the next
+    rank as fast as the CPU allows and count what arrives; "pace PPS": send at PPS packets/s and report the
+    event loop's lateness), until stdin closes."""
     config = TransportConfig()
     with Nic(address(rank)) as nic:
         peer = (address((rank + 1) % ranks), ROCEV2_UDP_PORT)
         sender = Sender(nic, peer, SENDER_QPN, RECEIVER_QPN, _Flood(WINDOW_PACKETS * config.mtu), config)
         receiver = Receiver(nic, RECEIVER_QPN, SENDER_QPN, config)
         print(json.dumps({"ready": rank}), flush=True)
-        sys.stdin.readline()
-        message = bytearray(MESSAGE_BYTES)  # mutable, so the sender copies it, as it copies a rank's numpy chunks
-        counting_from = time.monotonic() + warmup_s
-        first: tuple[float, int] | None = None
+        for order in sys.stdin:
+            name, _, pps = order.partition(" ")
+            sender.max_rate_bps = float(pps) * data_frame_bytes(config.mtu) * 8 if pps else None
+            answer = _count(nic, sender, receiver, seconds, warmup_s)
+            print(json.dumps(answer if pps else {key: answer[key] for key in answer if key != "late_p99_us"}),
+                  flush=True)
 
-        def done() -> bool:
-            nonlocal first
-            if sender.counters["messages_queued"] - sender.counters["messages_acked"] < 2:
-                sender.send(message)
-            while receiver.has_message():
-                receiver.recv(0)
-            now = time.monotonic()
-            if first is None and now >= counting_from:
-                first = (now, receiver.counters["packets"])
-            return first is not None and now >= first[0] + seconds
 
-        run([nic], done, warmup_s + seconds + START_TIMEOUT_S)
-        pps = (receiver.counters["packets"] - first[1]) / (time.monotonic() - first[0])
-        return {"packets_per_s": pps, **{name: sender.counters[name] for name in
-                                        ("packets_sent", "retransmitted_packets", "timeouts", "naks_received")}}
+def _count(nic: Nic, sender: Sender, receiver: Receiver, seconds: float, warmup_s: float) -> dict:
+    """Keep two messages queued to the next rank and take what arrives for ``seconds`` after ``warmup_s``:
+    packets accepted per second, the event loop's lateness p99 meanwhile, and what the sender sent,
+    retransmitted and timed out (the budget counts accepted packets only, so recovery shows as a lower
+    budget; these say why)."""
+    message = bytearray(MESSAGE_BYTES)  # mutable, so the sender copies it, as it copies a rank's numpy chunks
+    counting_from = time.monotonic() + warmup_s
+    first: tuple[float, int] | None = None
+
+    def done() -> bool:
+        nonlocal first
+        if sender.counters["messages_queued"] - sender.counters["messages_acked"] < 2:
+            sender.send(message)
+        while receiver.has_message():
+            receiver.recv(0)
+        now = time.monotonic()
+        if first is None and now >= counting_from:
+            first = (now, receiver.counters["packets"])
+            nic.lateness.take()
+        return first is not None and now >= first[0] + seconds
+
+    run([nic], done, warmup_s + seconds + START_TIMEOUT_S)
+    pps = (receiver.counters["packets"] - first[1]) / (time.monotonic() - first[0])
+    return {"packets_per_s": pps, "late_p99_us": nic.lateness.take()["late_p99_us"],
+            **{name: sender.counters[name] for name in
+               ("packets_sent", "retransmitted_packets", "timeouts", "naks_received")}}
 
 
 def main() -> None:
@@ -138,9 +175,11 @@ def main() -> None:
     parser.add_argument("--rank", type=int, help=argparse.SUPPRESS)  # set for the rank processes
     args = parser.parse_args()
     if args.rank is None:
-        print(f"{measure(args.ranks, args.seconds, args.warmup):.0f} packets/s per rank, {args.ranks} ranks at once")
+        found = measure(args.ranks, args.seconds, args.warmup)
+        print(f"{found.packets_per_s:.0f} packets/s per rank, {args.ranks} ranks at once; event-loop lateness "
+              f"p99 {found.late_p99_s * 1e3:.3g} ms at {found.share:.0%} of that")
     else:
-        print(json.dumps(serve_counting(args.rank, args.ranks, args.seconds, args.warmup)), flush=True)
+        serve(args.rank, args.ranks, args.seconds, args.warmup)
 
 
 if __name__ == "__main__":

@@ -39,8 +39,9 @@ TELEMETRY_S = 0.02
 
 
 def auto_dilation(tb) -> float:
-    """The k auto picks for ``tb`` on this host (a rank per host, its busiest link): the packet budget's."""
-    return dilation.auto(budget.measure(len(tb.hosts())), budget.busiest_link(tb.topo)[2])
+    """The packet budget's term of the k auto picks for ``tb`` on this host (a rank per host, its busiest link);
+    ``faithful_dilation`` measures the lateness on the fabric itself rather than on loopback."""
+    return dilation.auto(budget.measure(len(tb.hosts())).packets_per_s, budget.busiest_link(tb.topo)[2])
 
 
 def faithful_dilation(tb) -> float:
@@ -54,5 +55,5 @@ def faithful_dilation(tb) -> float:
     k = auto_dilation(tb)
     options = nccl_tests.parse_args("all_reduce", PROBE, nranks=len(tb.hosts()))
     values = measure_at(tb, k, options, interval_s=TELEMETRY_S).verdict.values
-    load = max(values["loop_late"] / fidelity.MAX_LATE_RTT, values["rank_cpu"] / fidelity.MAX_RANK_CPU)
+    load = max(values["loop_late"] / dilation.MAX_LATE_RTT, values["rank_cpu"] / fidelity.MAX_RANK_CPU)
     return dilation.rounded_up(max(k, k * load * MARGIN))

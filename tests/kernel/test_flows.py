@@ -33,7 +33,7 @@ SHAPER_SLACK = 1.02  # HTB lends a burst of a frame or two at the start of a bac
 
 def test_an_incast_across_the_dci_is_delivered_exactly_within_the_bottleneck_rate_in_every_mode():
     topo = load_topology("dumbbell")(senders=2, receivers=1, distance_km=1000, dci_bw_mbps=DCI_MBPS)
-    k = dilation.auto(budget.measure(len(topo.nodes_with(role="host"))), budget.busiest_link(topo)[2])
+    k = dilation.auto(budget.measure(len(topo.nodes_with(role="host"))).packets_per_s, budget.busiest_link(topo)[2])
     with Testbed(topo, k) as tb:
         hosts = [h.name for h in tb.hosts()]
         pairs = default_pairs(rank_sites(topo, hosts))

@@ -102,6 +102,43 @@ def test_auto_keeps_the_busiest_link_at_its_share_of_the_budget_on_round_numbers
     assert k == 1 or busiest / (k / 1.5) > 0.3 * budget * 0.999  # ... and never 1.5x slower than needed
 
 
+@pytest.mark.parametrize("late_ms, rtt_ms, k", [
+    (10.0, 0.12, 3300.0),  # a 10 km DCI under TCG: 2,500 needed, where the packets asked for 1
+    (10.0, 10.0, 33.0),  # 1000 km: 30 needed
+    (10.0, 30.0, 10.0),  # 3000 km: exactly 10
+    (0.05, 10.0, 1.0),  # natively: the lateness asks for nothing
+])
+def test_auto_keeps_the_event_loops_lateness_within_a_tenth_of_the_rtt_with_its_margin(late_ms, rtt_ms, k):
+    assert (dilation.MAX_LATE_RTT, dilation.LATE_MARGIN) == (0.1, 3.0)
+    assert dilation.auto(1000, 250, late_p99_s=late_ms / 1e3, shortest_rtt_s=rtt_ms / 1e3) == k
+    assert dilation.LATE_MARGIN * late_ms <= dilation.MAX_LATE_RTT * rtt_ms * k * (1 + 1e-9)
+
+
+def test_auto_takes_the_larger_of_what_the_packets_and_the_lateness_ask_for():
+    by_packets = dilation.auto(2000, 12_036_109)
+    assert dilation.auto(2000, 12_036_109, late_p99_s=0.01, shortest_rtt_s=0.1) == by_packets == 22_000
+    assert dilation.auto(1000, 250, late_p99_s=0.01, shortest_rtt_s=None) == 1.0  # one site: no RTT to keep
+
+
+@pytest.mark.parametrize("late_s, rtt_s", [(float("nan"), 0.01), (-0.001, 0.01), (0.01, -1.0), (0.01, float("inf"))])
+def test_auto_refuses_a_lateness_or_rtt_that_is_not_a_measurement(late_s, rtt_s):
+    with pytest.raises(ValueError):
+        dilation.auto(1000, 250, late_p99_s=late_s, shortest_rtt_s=rtt_s)
+
+
+def test_the_shortest_dci_rtt_is_known_before_anything_is_built():
+    assert load_topology("two_sites")(distance_km=1000).fabric.shortest_dci_rtt_ms() == pytest.approx(10.0, rel=0.02)
+    three = load_topology("three_sites")().fabric
+    assert three.shortest_dci_rtt_ms() == min(2 * d.one_way_delay_ms() for d in three.dci_links)
+
+
+def test_the_budget_measures_packets_and_the_event_loops_lateness_of_real_ranks():
+    """Two rank processes in a ring on loopback, here: a packet rate and a lateness, both measured."""
+    found = budget.measure(2, seconds=0.5, warmup_s=0.2)
+    assert found.packets_per_s > 100 and found.share == dilation.AUTO_SHARE
+    assert 0 < found.late_p99_s < 1.0
+
+
 def test_auto_refuses_what_no_dilation_can_emulate():
     with pytest.raises(ValueError):
         dilation.auto(1, 1e9)

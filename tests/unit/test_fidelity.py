@@ -11,14 +11,16 @@ FRAME = 4154
 RATE = 400e9  # declared
 
 
-def queues(mode: str, sent_share: float, backlog: int = 10 * FRAME, samples: int = 20) -> list[list]:
-    """A DCI egress sampled every 10 declared us, sending ``sent_share`` of its rate while ``backlog`` waits."""
+def queues(mode: str, sent_share: float, backlog: int = 10 * FRAME, samples: int = 20, every_s: float = 1e-5,
+           start_s: float = 0.0) -> list[list]:
+    """A DCI egress sampled every ``every_s`` declared (10 us: the 10 ms asked, at k 1000), sending
+    ``sent_share`` of its rate while ``backlog`` waits."""
     rows, sent = [], 0.0
     for i in range(samples):
-        t_s = i * 1e-5
+        t_s = start_s + i * every_s
         rows.append([t_s, mode, "westb", "eastb", "westb-eth1", "west-east", RATE, backlog, backlog // FRAME,
                      backlog * 8e3 / RATE, round(sent), 0, 0, 0])
-        sent += sent_share * RATE / 8 * 1e-5
+        sent += sent_share * RATE / 8 * every_s
     return rows
 
 
@@ -48,7 +50,7 @@ def test_a_run_that_kept_every_promise_is_faithful():
 ])
 def test_each_broken_bound_names_itself_and_the_k_that_would_keep_it(queue_share, demand, late_us, achieved_ms,
                                                                      broken, needed):
-    (verdict,) = judge(queues("m", queue_share), ranks("m", demand, late_us), achieved_ms)
+    (verdict,) = judge(queues("m", queue_share, every_s=achieved_ms / 1e6), ranks("m", demand, late_us))
     assert not verdict.faithful
     assert verdict.text == f"emulator-limited: {broken}"
     assert verdict.needed_dilation == pytest.approx(needed)
@@ -58,6 +60,18 @@ def test_modes_are_judged_apart_in_the_order_they_ran():
     result = judge(queues("baseline", 0.99) + queues("adaptive", 0.5), ranks("baseline", 0.3, 10) +
                    ranks("adaptive", 0.3, 10))
     assert [(v.mode, v.faithful) for v in result] == [("baseline", True), ("adaptive", False)]
+
+
+def test_each_mode_is_judged_on_its_own_samples_not_on_the_whole_telemetrys_average():
+    """A first mode sampled late (4x the interval) and a second on time: the second is not charged with the
+    first's lag, whatever the whole telemetry's average; without queue samples that average is what is left."""
+    late = queues("baseline", 0.99, every_s=4e-5)
+    result = judge(late + queues("adaptive", 0.99, start_s=late[-1][0] + 1e-5), ranks("baseline", 0.3, 10) +
+                   ranks("adaptive", 0.3, 10), achieved_ms=25.0)
+    assert [(v.mode, v.values["sampler"]) for v in result] == [("baseline", pytest.approx(4)),
+                                                                 ("adaptive", pytest.approx(1))]
+    (alone,) = judge([], ranks("m", 0.3, 10), achieved_ms=25.0)
+    assert alone.values["sampler"] == pytest.approx(2.5) and not alone.faithful
 
 
 def test_a_queue_that_never_stayed_backlogged_says_nothing_about_the_rate():

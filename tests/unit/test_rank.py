@@ -62,6 +62,11 @@ def test_four_rank_processes_compute_every_collective_correctly(four_ranks, coll
             answers = four_ranks.run(command(collective, count, in_place, **changes))
             assert [a["wrong"] for a in answers] == [0, 0, 0, 0], (count, in_place, answers)
             assert all(a["time_us"] > 0 for a in answers)
+            # loopback neither loses nor duplicates: a packet a receiver got twice was a retransmission (a
+            # spurious one, after a stalled process on a busy host), so there are never more of them
+            duplicates, retransmitted = (sum(a["counters"][name] for a in answers)
+                                         for name in ("duplicates", "retransmitted_packets"))
+            assert duplicates <= retransmitted
 
 
 def test_long_flows_arrive_whole_and_verified_with_their_ends_on_one_clock(four_ranks):
