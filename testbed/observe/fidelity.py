@@ -18,9 +18,10 @@ measurements, all from the run's telemetry (``testbed.observe.telemetry``):
                the largest p99 <= 10 % of the fabric's shortest base RTT between sites, in wall time (the
                declared RTT times k).  Beyond, RTT samples and control loops see the emulator's delays.
     sampler    the telemetry's achieved sampling interval <= 2x the one asked: the observation kept up.
-               Per mode, from the mode's own samples (its queues' timestamps): judged on the whole
-               telemetry's running average instead, the first runs of a comparison took the lag of the start
-               (ranks importing under TCG) and read 2.02-2.25 at k 3,300 where their own samples read 1.8.
+               Per mode, from the mode's own samples (its queues' timestamps).  The whole telemetry's
+               running average, read when a run ended, misjudged single runs both ways (a comparison at
+               k 3,300, 10 ms asked: 2.02 for a run whose own samples read 1.85; 1.79 at the end for one
+               whose own read 2.07).
 
 The verdict is ``faithful`` or ``emulator-limited: <measurement> <value> (bound <bound>)`` for the first
 bound broken, and ``needed_dilation`` estimates the k that would have kept it: the CPU a run needs, and so
