@@ -113,8 +113,11 @@ class LinkConfig:
         if self.ecn_pmax is not None:
             _number(where, "ecn_pmax", self.ecn_pmax, low=0, high=1, low_open=True)
         for name in ("buffer_bytes", "ecn_kmin_bytes", "ecn_kmax_bytes"):
-            if getattr(self, name) is not None:
-                _number(where, name, getattr(self, name), low=0, low_open=True)
+            value = getattr(self, name)
+            if value is not None:  # the kernel counts whole bytes: a 0.5 B Kmin reached RED as 0 and failed there
+                _number(where, name, value, low=0, low_open=True)
+                if not float(value).is_integer():
+                    raise TopologyError(f"{where}: {name} {value!r} must be a whole number of bytes")
         if self.reorder_pct and not self.delay_ms:
             raise TopologyError(f"{where}: reorder_pct {self.reorder_pct} needs a delay_ms > 0 to reorder against")
         kmin, kmax, buf = self.ecn_kmin_bytes, self.ecn_kmax_bytes, self.buffer_bytes

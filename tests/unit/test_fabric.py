@@ -84,6 +84,7 @@ def test_a_valid_fabric_validates_and_keeps_what_was_declared(dci, declared):
     ({"ecn_kmin_bytes": 90_000, "ecn_kmax_bytes": 30_000}, "ecn_kmin_bytes 90000 must be below ecn_kmax_bytes"),
     ({"buffer_bytes": 10_000, "ecn_kmax_bytes": 30_000}, "ecn_kmax_bytes 30000 exceeds buffer_bytes 10000"),
     ({"delay_ms": -1}, "dci west-east: delay_ms -1 must be >= 0"),
+    ({"ecn_kmin_bytes": 0.5, "ecn_kmax_bytes": 1}, "dci west-east: ecn_kmin_bytes 0.5 must be a whole number of bytes"),
     ({"loss_burst_pkts": 0.5}, "dci west-east: loss_burst_pkts 0.5 must be 0 (independent losses) or >= 1"),
     ({"loss_burst_pkts": -4}, "loss_burst_pkts -4 must be 0 (independent losses) or >= 1"),
     ({"loss_burst_pkts": "long"}, "loss_burst_pkts 'long' is not a number"),
