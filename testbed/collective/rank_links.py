@@ -26,7 +26,7 @@ CONTROL_POLL_NS = 10_000_000
 # 0.19-0.30 after; its CPU demand (with the time it waited for one) 0.43-0.55 before, 0.28-0.47 after;
 # lateness p99 5.8-9.7 ms before, 5.8-8.2 after.  A control message then waits at most 5 ms declared.
 MAX_DILATED_WAIT_NS = 100_000_000
-FLOW_COUNTERS = ("packets_sent", "retransmitted_packets", "cnps_received", "timeouts", "naks_received")
+FLOW_COUNTERS = ("packets_sent", "retransmitted_packets", "cnps_received", "timeouts", "naks_received", "send_errors")
 STEP_TIMEOUT_S = 120.0  # no progress for this long (wall time), nor for two dilated maximum RTOs: a peer died
 
 
@@ -117,11 +117,14 @@ class RankLinks:
             raise TimeoutError(f"rank {self.rank}: {failure} {self.step_timeout_s:g} s")
 
     def counters(self) -> dict:
-        """The senders' counters summed, and the packets the receivers got twice (``duplicates``: a
-        retransmission whose original had arrived, i.e. a spurious one, unless the fabric duplicates): what
-        the controller reports per run."""
+        """The senders' counters summed, the packets the receivers got twice (``duplicates``: a
+        retransmission whose original had arrived, i.e. a spurious one, unless the fabric duplicates), and
+        the packets this host lost outside the fabric's queues: datagrams its socket refused to send
+        (``send_errors``) or dropped on arrival with its receive buffer full (``socket_drops``).  What the
+        controller reports per run."""
         sent = {name: sum(s.counters[name] for s in self.senders.values()) for name in FLOW_COUNTERS}
-        return {**sent, "duplicates": sum(r.counters["duplicates"] for r in self.receivers.values())}
+        return {**sent, "duplicates": sum(r.counters["duplicates"] for r in self.receivers.values()),
+                "socket_drops": self.nic.socket_drops()}
 
 
 def _of_peer(ends: dict, peer: int | str) -> list:

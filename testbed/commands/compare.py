@@ -69,7 +69,8 @@ DEFAULT_MODES = "baseline,adaptive"
 COMPARE_SCENARIO = {"hosts": 1, "host_bw_mbps": 400_000.0, "dci_bw_mbps": 400_000.0, "distance_km": 10.0}
 SHORT_NAMES = {"size_bytes": "size B", "bound_mbps": "bound", "completion_p50_ms": "done p50",
                "completion_p99_ms": "done p99", "dci_queue_p50_ms": "queue p50", "dci_queue_p99_ms": "queue p99",
-               "ce_marks": "CE", "retransmitted": "retx", "timeouts": "RTOs", "duplicates": "dup"}
+               "ce_marks": "CE", "retransmitted": "retx", "timeouts": "RTOs", "duplicates": "dup",
+               "host_drops": "host drops"}
 
 
 def add_parser(commands) -> None:

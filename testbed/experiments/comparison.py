@@ -12,7 +12,8 @@ manages) the DCI queues.  What a mode leaves behind (thresholds) is overwritten 
 Per mode it returns the nccl-tests results and a summary: completion time p50/p99 of the largest size's
 iterations (the slowest rank's time of each), DCI queueing delay p50/p99 over the samples taken while the
 DCI was busy, and what the run cost: drops and CE marks at the DCI egresses, CNPs and retransmitted packets
-at the senders, and duplicates at the receivers (retransmissions whose original had arrived: spurious).
+at the senders, duplicates at the receivers (retransmissions whose original had arrived: spurious), and
+packets lost inside the hosts (``host_drops``: refused by a sender's socket or dropped at a full receive buffer).
 """
 
 from collections.abc import Callable
@@ -229,6 +230,7 @@ def _summary(mode: str, calls: list[dict], samples: list[dict], dci: dict) -> di
             "cnps": sum(c["cnps_received"] for c in calls),
             "retransmitted": sum(c["retransmitted_packets"] for c in calls),
             "duplicates": sum(c["duplicates"] for c in calls),
+            "host_drops": sum(c["send_errors"] + c["socket_drops"] for c in calls),
             "timeouts": sum(c["timeouts"] for c in calls)}
 
 

@@ -30,6 +30,7 @@ from testbed.net import cleanup
 from testbed.net.interrupts import InterruptGuard
 from testbed.net.link import ShapedIntf, ShapedLink, close_netlink, netlink
 from testbed.net.routing import compute_routes, fabric_graph, install_routes
+from testbed.net.steering import steer
 from testbed.net.tc import qdisc
 from testbed.net.topo import FabricTopo
 
@@ -106,6 +107,8 @@ class Testbed:
             self.net.start()
             for link in self.net.links:
                 link.pin_neighbours()
+            for node in self.net.hosts:
+                steer(node)
             routes = compute_routes(self.graph)
             for node in self.net.hosts:
                 install_routes(netlink(node), routes[node.name])

@@ -198,6 +198,19 @@ class Nic:
         """Run this NIC's loop until ``predicate()`` holds (True) or ``timeout_s`` passes (False)."""
         return run([self], predicate, timeout_s)
 
+    def socket_drops(self) -> int:
+        """Datagrams the kernel dropped at this NIC's socket since it opened (its receive buffer was full):
+        losses inside the host that no queue of the fabric counts.  The ``drops`` column of the socket's
+        row in ``/proc/net/udp`` of its namespace (read from this thread inside it), found by inode; once per
+        command, not per packet (SO_RXQ_OVFL would add ancillary data to every ``recvmsg`` of the hot loop)."""
+        inode = str(os.fstat(self._sock.fileno()).st_ino)
+        with entered(self.netns), open("/proc/thread-self/net/udp") as table:
+            for line in table:
+                fields = line.split()
+                if len(fields) > 12 and fields[9] == inode:
+                    return int(fields[12])
+        raise OSError(f"{self!r}: socket inode {inode} not in /proc/net/udp")
+
     def close(self) -> None:
         """Release the socket (idempotent)."""
         self._epoll.close()

@@ -8,7 +8,7 @@ import pytest
 from pyroute2 import IPRoute, netns
 
 from controllers.fixed_rate import FixedRate
-from testbed.roce.nic import Nic, run
+from testbed.roce.nic import Nic, entered, run
 from testbed.roce.receiver import Receiver
 from testbed.roce.rocev2 import CE, ECT0, ECT1, ROCEV2_UDP_PORT, Kind, build_data, parse
 from testbed.roce.sender import Sender
@@ -108,3 +108,16 @@ def test_a_nic_made_in_another_namespace_lives_there_and_the_thread_comes_back(n
         sender.send(b"inside the namespace")
         assert run([inside, neighbour], receiver.has_message, 2) and receiver.recv(0) == b"inside the namespace"
         assert outside.counters == {"bad_icrc": 0, "malformed": 0, "unknown_qpn": 0}
+
+
+def test_datagrams_dropped_at_a_full_receive_buffer_are_counted_in_the_nics_own_namespace(namespace):
+    with Nic("127.0.0.1", 0, netns=namespace) as nic, Nic("127.0.0.1", 0) as home_nic:
+        nic._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the kernel's minimum: a few datagrams
+        with entered(namespace):
+            blaster = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with blaster:
+            for _ in range(200):  # nobody reads: the buffer fills and the rest is dropped
+                blaster.sendto(bytes(1024), nic.address)
+        drops = nic.socket_drops()
+        assert 0 < drops < 200  # some fitted, the rest were counted
+        assert home_nic.socket_drops() == 0  # another namespace's table, another socket
