@@ -40,22 +40,40 @@ DCQCN knobs (Zhu et al. SIGCOMM'15; names as in ``controllers.dcqcn``):
   np_min_time_between_cnps = RTT / 8   the receiver sends a few CNPs per RTT, not one per 50 us
 
 Delay signal (TIMELY, Mittal et al. SIGCOMM'15: RTT at the sender is a congestion signal; Swift: decrease
-in proportion to the excess over a target).  With base = min(configured base RTT, every sample):
+in proportion to the excess over a target).  With base = the flow's smallest sample and the standing RTT
+rtt_s = the smallest sample of the last half base RTT (Copa's RTT_standing, Arun and Balakrishnan NSDI'18,
+takes it over srtt / 2; the path's base RTT here, which a queue does not stretch):
 
-  rtt - base > Q_t  ->  RC <- RC * max(1 - beta * (rtt - base - Q_t) / rtt, 1 - max_decrease)
+  rtt_s - base > Q_t  ->  RC <- RC * max(1 - beta * (rtt_s - base - Q_t) / rtt_s, 1 - max_decrease)
 
 which is TIMELY's T_high rule and Swift's MD with target delay base + Q_t (beta 0.8, max_decrease 0.5 as
-Swift's beta and max_mdf).  It is booked as a DCQCN cut (RT <- RC before it, stage counters and byte count
-reset, increase timer restarted) except that alpha, an ECN estimate, is left as it is.  Cuts of every kind
-share one guard: none within rp_rate_reduce_monitor_period (one RTT) of the previous.
+Swift's beta and max_mdf).  The minimum, not the newest sample, because a queue is what every packet of
+half a round trip waited in, whereas one late sample is an end host's scheduling: Q_t is 5 % of the RTT,
+and two event loops' lateness (receiver and sender) each reach about a third of that at p99 in a faithful
+run (issue 14, 100 km, k 470: 1.5 % of the RTT); cut by single samples, a sender under no CNP at all was
+reset every few round trips and never reached hyper increase (0.9-1.2 Gbit/s of a 2 Gbit/s share for
+100 RTTs).  The samples come only from ACKs the receiver sent on arrival (``testbed.roce.sender``): a
+held ACK's wait is no queue either.  A delay cut is booked as a DCQCN cut (RT <- RC before it, stage
+counters and byte count reset, increase timer restarted) except that alpha, an ECN estimate, is left as it
+is.  Cuts of every kind share one guard: none within rp_rate_reduce_monitor_period (one RTT) of the previous.
+
+No increase while idle: DCQCN's timer raises the rate every rp_time_reset whether the flow sends or not, so
+a flow that waited a few round trips for its next chunk (a collective's steps do) resumes well above the
+rate the path last allowed and its first window overshoots the DCI queue: at 100 km (issue 14) the
+adaptive senders came back from pauses of a few RTTs at 2.5-3.1 Gbit/s into a 2 Gbit/s DCI, their RTT rose
+by 0.4-0.9 ms, and the marks and delay cuts that followed left them below their share for tens of RTTs.
+As TCP's congestion window validation (RFC 7661: a window not used is not validated, so it does not grow),
+a timer period in which the flow sent nothing raises nothing (nor counts towards fast recovery's stages):
+the rate a flow resumes at is one the path carried.
 
 Mechanisms, each switchable on its own (``AdaptiveParams.mechanisms``, the spec's ``mechanisms``; all by default),
 so an ablation can measure what each buys (issue 14):
 
   timers   the DCQCN knobs above, derived from the path; without it the mlx5 firmware defaults
            (``dcqcn.MLX5_FIRMWARE``), what the baseline runs
-  window   start at the share and keep in flight at most the window; without it the flow starts
-           unthrottled at line rate, as DCQCN does, and has no window
+  window   start at the share, keep in flight at most the window, and raise the rate only for round
+           trips in which the flow sent (below); without it the flow starts unthrottled at line rate, as
+           DCQCN does, has no window, and its timer raises the rate while it has nothing to send
   delay    the delay signal; without it only CNPs cut
 With none of them the flow makes DCQCN's decisions exactly (a property test holds them to it).  The fabric's
 mechanisms, the DCI thresholds below and the latency loop (``controllers.latency``), are switched by the mode
@@ -72,6 +90,7 @@ A smaller buffer clamps Kmax to it and Kmin to at most half of it, so a ramp rem
 fabric keeps its shallow defaults.
 """
 
+import collections
 import math
 from dataclasses import dataclass, fields
 
@@ -200,10 +219,11 @@ class Adaptive(Dcqcn):
     Unlike ``Dcqcn`` the flow starts at ``start_rate_bps`` and throttled: its first send counts as a cut to
     that rate (RT = RC, stage counters at zero, increase timer and alpha decay running from there), so it
     climbs towards line rate while the path allows.  No CNP can arrive within one base RTT of the first
-    send, so the cut guard this sets costs nothing.  CNPs are DCQCN's; an RTT sample with more than the
-    target queue above the flow's own smallest sample cuts by Swift's factor.  Timeouts and NAKs leave the
-    rate, as in DCQCN: go-back-N repairs them, and a timeout on a loaded end host is often spurious (the
-    ECN and delay signals report congestion earlier than any timeout).  At most one cut per base RTT.
+    send, so the cut guard this sets costs nothing.  CNPs are DCQCN's; RTT samples that all stayed more than
+    the target queue above the flow's own smallest sample for half a base RTT cut by Swift's factor.
+    Timeouts and NAKs leave the rate, as in DCQCN: go-back-N repairs them, and a timeout on a loaded end
+    host is often spurious (the ECN and delay signals report congestion earlier than any timeout).  At most
+    one cut per base RTT.
 
     The delay signal's base is the flow's own smallest RTT sample, not the probe's: the transport's loop
     includes both end hosts' processing, which a ping does not see.  The window is a safety bound, twice
@@ -228,6 +248,9 @@ class Adaptive(Dcqcn):
         if self._windowed:
             self._rc = self._rt = params.start_rate_bps
         self._min_rtt_ns: int | None = None
+        self._last_send_ns: int | None = None
+        # (time, sample) of the last half base RTT, samples increasing: the first is the standing RTT
+        self._recent: collections.deque[tuple[int, int]] = collections.deque()
         self._cwnd = WINDOW_GAIN * params.cwnd_bytes
 
     @classmethod
@@ -248,6 +271,13 @@ class Adaptive(Dcqcn):
         if self._last_cut_ns is None and self._windowed:
             self._last_cut_ns, self._timer_due_ns = now_ns, now_ns + self.params.rp_time_reset_ns
         super().on_send(now_ns, nbytes)
+        self._last_send_ns = now_ns
+
+    def _counts(self, due_ns: int) -> bool:
+        """With the window, only a timer period in which the flow sent raises the rate (module docstring)."""
+        if not self._windowed:
+            return True
+        return self._last_send_ns is not None and self._last_send_ns >= due_ns - self.params.rp_time_reset_ns
 
     def on_ack(self, now_ns: int, acked_bytes: int, rtt_ns: int | None) -> None:
         self._advance(now_ns)
@@ -258,9 +288,22 @@ class Adaptive(Dcqcn):
             self._min_rtt_ns = rtt_ns
             scale = max(1.0, rtt_ns / p.base_rtt_ns)
             self._cwnd = max(WINDOW_GAIN * p.cwnd_bytes, math.ceil(WINDOW_GAIN * p.cwnd_bytes * scale))
-        excess_ns = rtt_ns - self._min_rtt_ns - p.target_queue_ns
+        standing_ns = self._standing_rtt(now_ns, rtt_ns)
+        excess_ns = standing_ns - self._min_rtt_ns - p.target_queue_ns
         if self._delay_cuts and excess_ns > 0 and self._may_cut(now_ns):
-            self._cut_to(now_ns, self._rc * max(1 - p.delay_beta * excess_ns / rtt_ns, 1 - p.max_decrease))
+            self._cut_to(now_ns, self._rc * max(1 - p.delay_beta * excess_ns / standing_ns, 1 - p.max_decrease))
+
+    def _standing_rtt(self, now_ns: int, rtt_ns: int) -> int:
+        """The smallest sample of the last half base RTT, ``rtt_ns`` (taken now) included: a monotonic queue,
+        so each sample is added and dropped once."""
+        recent = self._recent
+        while recent and recent[-1][1] >= rtt_ns:
+            recent.pop()  # never the minimum again: a smaller sample came later
+        recent.append((now_ns, rtt_ns))
+        horizon = now_ns - self.adaptive_params.base_rtt_ns // 2
+        while recent[0][0] < horizon:
+            recent.popleft()
+        return recent[0][1]
 
     def _may_cut(self, now_ns: int) -> bool:
         """No cut in the last rp_rate_reduce_monitor_period (the guard ``Dcqcn.on_cnp`` applies to CNPs)."""

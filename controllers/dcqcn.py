@@ -236,11 +236,17 @@ class Dcqcn(CongestionControl):
         self._advance(now_ns)
 
     def _advance(self, now_ns: int) -> None:
-        """Fire, in order, every increase-timer expiry up to ``now_ns``."""
+        """Fire, in order, every increase-timer expiry up to ``now_ns`` (that ``_counts`` counts)."""
         while self._timer_due_ns is not None and self._timer_due_ns <= now_ns:
+            due = self._timer_due_ns
             self._timer_due_ns += self.params.rp_time_reset_ns
-            self._timer_events += 1
-            self._increase()
+            if self._counts(due):
+                self._timer_events += 1
+                self._increase()
+
+    def _counts(self, due_ns: int) -> bool:
+        """Whether the timer period ending at ``due_ns`` raises the rate: always, as the NIC does."""
+        return True
 
     def _increase(self) -> None:
         p = self.params

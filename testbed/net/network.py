@@ -107,10 +107,9 @@ class Testbed:
             self.net.start()
             for link in self.net.links:
                 link.pin_neighbours()
-            for node in self.net.hosts:
-                steer(node)
             routes = compute_routes(self.graph)
             for node in self.net.hosts:
+                steer(node)
                 install_routes(netlink(node), routes[node.name])
         except BaseException:
             self.stop()

@@ -24,6 +24,7 @@ does; nothing outside the node sees either.
 import os
 
 ALL_CPUS_GROUP_BITS = 32  # a sysfs CPU mask is written in comma-separated groups of 32 bits
+_GROUP = (1 << ALL_CPUS_GROUP_BITS) - 1
 
 
 def cpu_mask(cpus: int) -> str:
@@ -33,7 +34,7 @@ def cpu_mask(cpus: int) -> str:
     mask = (1 << cpus) - 1
     groups = []
     while mask:
-        groups.append(f"{mask & 0xFFFFFFFF:x}")
+        groups.append(f"{mask & _GROUP:x}")
         mask >>= ALL_CPUS_GROUP_BITS
     return ",".join(reversed(groups))
 

@@ -16,6 +16,18 @@ RTT samples come from the send time of the newest packet an ACK covers, skipping
 until the hole fills, so their ACK times the recovery, not the path (a lost repair once made srtt 275 ms
 and the RTO 467 ms on loopback, and every later timeout grew with it).
 
+The retransmission timer takes every such sample; the congestion control only those that time the path:
+samples from an ACK the receiver sent on the packet's arrival, i.e. whose newest packet asked for one (the
+ACK request every ``ackreq_every`` packets and at each message's end).  Any other ACK may have waited at the
+receiver for up to ``ack_delay_ns`` (fewer than ``ack_every`` packets arrived in that time), and that wait is
+not congestion.  Swift (Kumar et al. SIGCOMM'20) takes it out by decomposing the RTT with NIC timestamps
+and subtracting the remote host's delay, carried back in the ACK; a RoCE ACK (BTH + AETH, as here) has no
+field for it, so the held samples are skipped instead.  Measured before (issue 14, 100 km, 2 Gbit/s
+DCI): a sender cut to a low rate saw only timer ACKs, each sample base + 100 us against the adaptive delay
+target of 50 us, and was cut again every round trip, down to 10-17 Mbit/s of a 1 Gbit/s share for over a
+second.  NAKs give no congestion-control sample (sent when a later packet arrives, they time the gap, not
+the path).
+
 The congestion control sees every event: ``on_send`` per packet (UDP payload bytes), ``on_ack``,
 ``on_cnp``, ``on_loss`` per NAK, ``on_timeout`` per RTO and ``on_timer`` when its timer is due.
 
@@ -302,7 +314,7 @@ class Sender(QueuePairEnd):
             una = self._una
             index = una + (((packet.psn - (self.config.start_psn + una)) + psn.HALF) & psn.PSN_MASK) - psn.HALF
             if una <= index < self._highest:
-                self._acknowledge(index + 1, now_ns)
+                self._acknowledge(index + 1, now_ns, from_ack=True)
         elif kind is _DATA:
             self.counters["malformed"] += 1
         elif kind is _CNP:
@@ -317,13 +329,14 @@ class Sender(QueuePairEnd):
         self.counters["naks_received"] += 1
         if not self._una <= index < self._highest:
             return  # stale: a NAK for a gap already recovered
-        self._acknowledge(index, now_ns)
+        self._acknowledge(index, now_ns, from_ack=False)
         self._go_back(index)
         self.cc.on_loss(now_ns)
         self._record(now_ns, "nak")
 
-    def _acknowledge(self, una: int, now_ns: int) -> None:
-        """Segments before absolute index ``una`` were received: release them and take an RTT sample."""
+    def _acknowledge(self, una: int, now_ns: int, from_ack: bool) -> None:
+        """Segments before absolute index ``una`` were received: release them and take an RTT sample (for the
+        congestion control too if ``from_ack`` and the newest segment asked for an ACK: module docstring)."""
         if una <= self._una:
             return
         popleft = self._segments.popleft
@@ -339,6 +352,8 @@ class Sender(QueuePairEnd):
         # the sample is the newest packet acknowledged's (see the module docstring)
         timed = not segment.retransmitted and segment.sent_ns > self._last_retransmit_ns
         rtt_ns = now_ns - segment.sent_ns if timed else None
+        asked = from_ack and (segment.last or una % self.config.ackreq_every == 0)  # see _send_some's ackreq
+        path_rtt_ns = rtt_ns if asked else None
         counters = self.counters
         counters["messages_acked"] += completed
         if una > self._next:
@@ -351,8 +366,8 @@ class Sender(QueuePairEnd):
         counters["bytes_acked"] += acked_bytes
         self._last_ack_ns = now_ns
         self._rto_due_ns = now_ns + self._rtt.rto_ns if self._una < self._next else None
-        self.cc.on_ack(now_ns, acked_bytes, rtt_ns)
-        self._record(now_ns, "ack", rtt_ns)
+        self.cc.on_ack(now_ns, acked_bytes, path_rtt_ns)
+        self._record(now_ns, "ack", path_rtt_ns)
 
     def _on_timeout(self, now_ns: int) -> None:
         """No ACK for an RTO: back off and resend everything from the oldest unacknowledged packet."""

@@ -120,12 +120,30 @@ def test_the_increase_timer_fires_once_per_base_rtt_and_grows_the_rate_towards_l
     assert (flow.rate_bps, flow.next_timer_ns) == (S, RTT)
     rc = rt = S
     for event in range(1, 3 * F):
+        flow.on_send(event * RTT - 1, 1)  # busy in every period: an idle one raises nothing (below)
         flow.on_timer(event * RTT + RTT // 2)
         assert flow.next_timer_ns == (event + 1) * RTT
         rt += 0.02 * S if event > F else 0  # F fast-recovery steps (nothing to recover), then additive
         rc = (rt + rc) / 2
         assert (flow.rate_bps, flow.target_rate_bps) == (approx(rc), approx(rt))
     assert flow.rate_bps > S
+
+
+def test_round_trips_in_which_the_flow_sent_nothing_raise_nothing():
+    flow = started()
+    flow.on_cnp(RTT + 1)  # a cut, so that there is something to recover
+    rc = flow.rate_bps
+    flow.on_timer(10 * RTT)  # nine periods without a packet
+    assert (flow.rate_bps, flow.next_timer_ns) == (rc, 10 * RTT + 1)
+    flow.on_send(10 * RTT, 1)
+    flow.on_timer(10 * RTT + 1)  # the first period with a packet: the first fast-recovery step
+    assert flow.rate_bps == approx((S + rc) / 2)
+    nic = Adaptive(AdaptiveParams.for_path(PATH_A, mechanisms=["timers", "delay"]))  # no window: as the NIC
+    nic.on_send(0, FRAME)
+    nic.on_cnp(1)
+    cut = nic.rate_bps
+    nic.on_timer(5 * RTT + 1)
+    assert nic.rate_bps > cut  # DCQCN's timer raises it whether the flow sends or not
 
 
 def test_a_cnp_burst_within_one_rtt_cuts_once_and_one_a_rtt_later_cuts_again():
@@ -137,6 +155,7 @@ def test_a_cnp_burst_within_one_rtt_cuts_once_and_one_a_rtt_later_cuts_again():
     alpha = 0.5 * (1 - G)  # decayed once since the first send
     rc, rt, alpha = S * (1 - alpha / 2), S, (1 - G) * alpha + G
     assert (flow.rate_bps, flow.target_rate_bps, flow.alpha_at(RTT)) == (approx(rc), rt, approx(alpha))
+    flow.on_send(2 * RTT - 1, 1)
     flow.on_cnp(2 * RTT)  # the timer step due then comes first, then the cut with alpha decayed once
     rc = (rt + rc) / 2
     alpha *= 1 - G
@@ -158,6 +177,7 @@ def test_queueing_above_the_target_cuts_by_the_swift_factor_at_most_once_per_rtt
     assert flow.alpha_at(now) == approx(0.5 * (1 - G))  # a delay cut is no ECN mark: alpha untouched
     flow.on_ack(now + RTT - 1, FRAME, sample)
     flow.on_cnp(now + RTT // 2)  # one guard for every kind of cut
+    flow.on_send(now + RTT // 2, 1)
     assert flow.rate_bps == approx(rc)
     flow.on_ack(now + RTT, FRAME, sample)  # the timer step due then, then the cut
     rc = (rt + rc) / 2
@@ -168,14 +188,41 @@ def test_queueing_above_the_target_cuts_by_the_swift_factor_at_most_once_per_rtt
 def test_one_delay_cut_takes_at_most_max_decrease():
     flow = started()
     flow.on_ack(RTT // 2, FRAME, RTT)
-    flow.on_ack(RTT, FRAME, 10 * RTT)  # 1 - 0.8 * (200 - 20 - 6.6) / 200 = 0.31, clamped to 0.5
+    flow.on_ack(RTT + 1, FRAME, 10 * RTT)  # 1 - 0.8 * (200 - 20 - 6.6) / 200 = 0.31, clamped to 0.5
     assert flow.rate_bps == approx(S / 2)
+
+
+def test_a_delay_cut_needs_the_queue_to_stand_for_half_a_base_rtt():
+    flow = started()
+    flow.on_ack(RTT // 2, FRAME, RTT)  # the base
+    high = RTT + TQ + 10 * MS
+    flow.on_ack(RTT // 2 + 1, FRAME, high)  # an end host's hiccup: the base sample is still in the window
+    assert flow.rate_bps == S
+    flow.on_ack(RTT + 2, FRAME, high)  # half an RTT of nothing but high samples: a standing queue
+    excess = high - RTT - TQ
+    assert flow.rate_bps == approx(S * (1 - 0.8 * excess / high))
+
+
+def test_the_standing_rtt_is_the_smallest_sample_of_the_last_half_rtt():
+    flow = started()
+    flow.on_ack(1, FRAME, RTT)  # the base, long gone from the window below
+    flow.on_ack(RTT, FRAME, RTT + TQ + 9 * MS)  # 9 ms over the target for half an RTT: a cut
+    assert flow.rate_bps == approx(S * (1 - 0.8 * 9 * MS / (RTT + TQ + 9 * MS)))
+    rc, rt = flow.rate_bps, flow.target_rate_bps
+    for at, over in ((2 * RTT - 11 * MS, 2), (2 * RTT - 3 * MS, 6), (2 * RTT - MS, 8)):
+        flow.on_ack(at, FRAME, RTT + TQ + over * MS)  # within one RTT of the cut: no cut
+        flow.on_send(at, 1)
+    assert flow.rate_bps == rc
+    flow.on_ack(2 * RTT + 3, FRAME, RTT + TQ + 7 * MS)  # the 2 ms sample is more than RTT / 2 old now
+    rc = (rt + rc) / 2  # the timer step due at 2 RTT
+    assert flow.rate_bps == approx(rc * (1 - 0.8 * 6 * MS / (RTT + TQ + 6 * MS)))  # the 6 ms one stands
 
 
 def test_samples_at_or_below_the_target_never_cut():
     flow = started()
     rate = flow.rate_bps
     for i in range(1, 400):
+        flow.on_send(i * RTT // 4, 1)
         flow.on_ack(i * RTT // 4, FRAME, RTT + TQ - (i % 4) * MS)
         assert flow.rate_bps >= rate
         rate = flow.rate_bps
@@ -278,7 +325,7 @@ def test_delay_alone_cuts_on_queueing_from_line_rate():
     flow = Adaptive(AdaptiveParams.for_path(PATH_A, mechanisms=["delay"]))
     flow.on_send(0, FRAME)
     flow.on_ack(RTT, FRAME, RTT)  # the base
-    flow.on_ack(RTT + 1, FRAME, RTT + TQ + 10 * MS)  # 10 ms above the target
+    flow.on_ack(RTT + RTT // 2 + 1, FRAME, RTT + TQ + 10 * MS)  # 10 ms above the target, for half an RTT
     excess = 10 * MS
     assert flow.rate_bps == approx(LINE * (1 - 0.8 * excess / (RTT + TQ + excess)))
     assert flow.cwnd_bytes is None

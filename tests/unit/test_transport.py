@@ -399,7 +399,7 @@ def test_the_flow_drives_every_congestion_control_event():
         stats = sender.stats()
     assert len(cc.events["send"]) == stats["packets_sent"]
     assert sum(acked for acked, _ in cc.events["ack"]) == 200_000
-    assert sum(rtt is not None for _, rtt in cc.events["ack"]) == stats["rtt_samples"] > 0
+    assert 0 < sum(rtt is not None for _, rtt in cc.events["ack"]) <= stats["rtt_samples"]
     assert len(cc.events["loss"]) == stats["naks_received"] >= 1
     assert len(cc.events["timeout"]) == stats["timeouts"] >= 1
     assert len(cc.events["timer"]) == 1 and cc.events["timer"][0] >= 0
@@ -407,6 +407,29 @@ def test_the_flow_drives_every_congestion_control_event():
     assert {"t_ns", "event", "rate_bps", "acked_bytes", "rtt_ns"} <= set(frame.columns)
     assert frame["acked_bytes"].is_monotonic_increasing and frame["acked_bytes"].iloc[-1] == 200_000
     assert stats["goodput_bps"] > 0
+
+
+class TwoPacketWindow(Recording):
+    """Keeps two full packets in flight, so the receiver's ACK count is never reached: its timer ACKs."""
+
+    @property
+    def cwnd_bytes(self):
+        return 2 * CAP
+
+
+def test_the_congestion_control_gets_no_rtt_sample_from_an_ack_the_receiver_held():
+    hold_ns = 100_000_000
+    config = dataclasses.replace(CONFIG, ackreq_every=8, ack_every=64, ack_delay_ns=hold_ns)
+    cc = TwoPacketWindow()
+    with queue_pair(cc, config) as (sender, receiver):
+        transfer(sender, receiver, payloads([16 * CAP]))
+        stats = sender.stats()
+    # ACKs after packets 1, 3, 5, 9, 11, 13 waited for the receiver's timer; 7 and 15 asked for theirs
+    samples = [rtt for _, rtt in cc.events["ack"] if rtt is not None]
+    assert len(cc.events["ack"]) == 8 and stats["rtt_samples"] == 8
+    assert len(samples) == 2 and max(samples) < hold_ns / 2
+    assert stats["srtt_ns"] > hold_ns / 2  # the retransmission timer still waits for held ACKs
+    assert [row["rtt_ns"] for row in sender.series if row["rtt_ns"] is not None] == samples
 
 
 def test_rtt_estimator_follows_rfc_6298():
