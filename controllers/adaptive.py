@@ -39,23 +39,26 @@ DCQCN knobs (Zhu et al. SIGCOMM'15; names as in ``controllers.dcqcn``):
   share, so the first overshoot is small)
   np_min_time_between_cnps = RTT / 8   the receiver sends a few CNPs per RTT, not one per 50 us
 
-Delay signal (TIMELY, Mittal et al. SIGCOMM'15: RTT at the sender is a congestion signal; Swift: decrease
-in proportion to the excess over a target).  With base = the flow's smallest sample and the standing RTT
-rtt_s = the smallest sample of the last half base RTT (Copa's RTT_standing, Arun and Balakrishnan NSDI'18,
-takes it over srtt / 2; the path's base RTT here, which a queue does not stretch):
+Delay signal (TIMELY, Mittal et al. SIGCOMM'15: delay is a congestion signal; Swift: decrease in proportion
+to the excess over a target).  The receiver measures the forward path's standing queueing delay q from
+one-way delays (the smallest of the last half base RTT over the flow's smallest, LEDBAT's and Copa's
+filters) and reports it, while q > Q_t, in a CNP (``controllers.forward_delay``, which says why).  With
+base = the flow's smallest RTT sample:
 
-  rtt_s - base > Q_t  ->  RC <- RC * max(1 - beta * (rtt_s - base - Q_t) / rtt_s, 1 - max_decrease)
+  q > Q_t  ->  RC <- RC * max(1 - beta * (q - Q_t) / (base + q), 1 - max_decrease)
 
 which is TIMELY's T_high rule and Swift's MD with target delay base + Q_t (beta 0.8, max_decrease 0.5 as
-Swift's beta and max_mdf).  The minimum, not the newest sample, because a queue is what every packet of
-half a round trip waited in, whereas one late sample is an end host's scheduling: Q_t is 5 % of the RTT,
-and two event loops' lateness (receiver and sender) each reach about a third of that at p99 in a faithful
-run (issue 14, 100 km, k 470: 1.5 % of the RTT); cut by single samples, a sender under no CNP at all was
-reset every few round trips and never reached hyper increase (0.9-1.2 Gbit/s of a 2 Gbit/s share for
-100 RTTs).  The samples come only from ACKs the receiver sent on arrival (``testbed.roce.sender``): a
-held ACK's wait is no queue either.  A delay cut is booked as a DCQCN cut (RT <- RC before it, stage
-counters and byte count reset, increase timer restarted) except that alpha, an ECN estimate, is left as it
-is.  Cuts of every kind share one guard: none within rp_rate_reduce_monitor_period (one RTT) of the previous.
+Swift's beta and max_mdf), with the forward queueing delay in place of the RTT's excess.  One way, not the
+round trip: every DCI carries both directions, and an RTT sample carries the queue the flow's ACKs waited
+in behind the other direction's data, which no cut of this flow drains (issue 14: senders whose own queue
+was empty were cut by a quarter and two fifths with no CNP at all; measured after the change in the
+README).  The standing minimum, not single samples: Q_t is 5 % of the RTT, and an end host's event-loop
+lateness reaches a good part of that at p99 in a faithful run (issue 14, 100 km, k 470: 1.5 % of the RTT
+per loop); cut by single samples, a sender under no CNP was reset every few round trips and never reached
+hyper increase.  A delay cut is booked as a DCQCN cut (RT <- RC before
+it, stage counters and byte count reset, increase timer restarted) except that alpha, an ECN estimate, is
+left as it is.  Cuts of every kind share one guard: none within rp_rate_reduce_monitor_period (one RTT)
+of the previous.  RTT samples still set the base and widen the window (below); they cut nothing.
 
 No increase while idle: DCQCN's timer raises the rate every rp_time_reset whether the flow sends or not, so
 a flow that waited a few round trips for its next chunk (a collective's steps do) resumes well above the
@@ -74,7 +77,8 @@ so an ablation can measure what each buys (issue 14):
   window   start at the share, keep in flight at most the window, and raise the rate only for round
            trips in which the flow sent (below); without it the flow starts unthrottled at line rate, as
            DCQCN does, has no window, and its timer raises the rate while it has nothing to send
-  delay    the delay signal; without it only CNPs cut
+  delay    the delay signal; without it only CNPs cut (the fabric controller then asks the receivers for no
+           delay reports, and a report that came anyway cuts nothing)
 With none of them the flow makes DCQCN's decisions exactly (a property test holds them to it).  The fabric's
 mechanisms, the DCI thresholds below and the latency loop (``controllers.latency``), are switched by the mode
 (``testbed.experiments.modes``).
@@ -90,7 +94,6 @@ A smaller buffer clamps Kmax to it and Kmin to at most half of it, so a ramp rem
 fabric keeps its shallow defaults.
 """
 
-import collections
 import math
 from dataclasses import dataclass, fields
 
@@ -219,20 +222,20 @@ class Adaptive(Dcqcn):
     Unlike ``Dcqcn`` the flow starts at ``start_rate_bps`` and throttled: its first send counts as a cut to
     that rate (RT = RC, stage counters at zero, increase timer and alpha decay running from there), so it
     climbs towards line rate while the path allows.  No CNP can arrive within one base RTT of the first
-    send, so the cut guard this sets costs nothing.  CNPs are DCQCN's; RTT samples that all stayed more than
-    the target queue above the flow's own smallest sample for half a base RTT cut by Swift's factor.
+    send, so the cut guard this sets costs nothing.  CNPs are DCQCN's; a receiver's report of a forward
+    queueing delay above the target cuts by Swift's factor.
     Timeouts and NAKs leave the rate, as in DCQCN: go-back-N repairs them, and a timeout on a loaded end
     host is often spurious (the ECN and delay signals report congestion earlier than any timeout).  At most
     one cut per base RTT.
 
-    The delay signal's base is the flow's own smallest RTT sample, not the probe's: the transport's loop
-    includes both end hosts' processing, which a ping does not see.  The window is a safety bound, twice
+    The base RTT is the flow's own smallest sample, not the probe's: the transport's loop includes both end
+    hosts' processing, which a ping does not see.  The window is a safety bound, twice
     ``window_bytes`` at the larger of the two RTTs: the paced rate holds the queue, the window only stops
     it growing past a BDP if the rate is wrong for a round trip (and it must exceed the receiver's ACK
     batch, or the flow stalls between ACKs).
 
     Each of these is one of the mechanisms (module docstring): without ``window`` the flow starts unthrottled
-    and has no window, without ``delay`` RTT samples cut nothing (they still feed the window's scaling).
+    and has no window, without ``delay`` queueing-delay reports cut nothing.
 
     Spec: ``path`` (``Path``'s fields), ``target_queue_ns`` (None: the default target) and ``mechanisms`` (a
     list; all when absent).
@@ -249,8 +252,6 @@ class Adaptive(Dcqcn):
             self._rc = self._rt = params.start_rate_bps
         self._min_rtt_ns: int | None = None
         self._last_send_ns: int | None = None
-        # (time, sample) of the last half base RTT, samples increasing: the first is the standing RTT
-        self._recent: collections.deque[tuple[int, int]] = collections.deque()
         self._cwnd = WINDOW_GAIN * params.cwnd_bytes
 
     @classmethod
@@ -281,29 +282,19 @@ class Adaptive(Dcqcn):
 
     def on_ack(self, now_ns: int, acked_bytes: int, rtt_ns: int | None) -> None:
         self._advance(now_ns)
-        if rtt_ns is None:
-            return
-        p = self.adaptive_params
-        if self._min_rtt_ns is None or rtt_ns < self._min_rtt_ns:
+        if rtt_ns is not None and (self._min_rtt_ns is None or rtt_ns < self._min_rtt_ns):
             self._min_rtt_ns = rtt_ns
+            p = self.adaptive_params
             scale = max(1.0, rtt_ns / p.base_rtt_ns)
             self._cwnd = max(WINDOW_GAIN * p.cwnd_bytes, math.ceil(WINDOW_GAIN * p.cwnd_bytes * scale))
-        standing_ns = self._standing_rtt(now_ns, rtt_ns)
-        excess_ns = standing_ns - self._min_rtt_ns - p.target_queue_ns
-        if self._delay_cuts and excess_ns > 0 and self._may_cut(now_ns):
-            self._cut_to(now_ns, self._rc * max(1 - p.delay_beta * excess_ns / standing_ns, 1 - p.max_decrease))
 
-    def _standing_rtt(self, now_ns: int, rtt_ns: int) -> int:
-        """The smallest sample of the last half base RTT, ``rtt_ns`` (taken now) included: a monotonic queue,
-        so each sample is added and dropped once."""
-        recent = self._recent
-        while recent and recent[-1][1] >= rtt_ns:
-            recent.pop()  # never the minimum again: a smaller sample came later
-        recent.append((now_ns, rtt_ns))
-        horizon = now_ns - self.adaptive_params.base_rtt_ns // 2
-        while recent[0][0] < horizon:
-            recent.popleft()
-        return recent[0][1]
+    def on_queue_delay(self, now_ns: int, queue_delay_ns: int) -> None:
+        self._advance(now_ns)
+        p = self.adaptive_params
+        excess_ns = queue_delay_ns - p.target_queue_ns
+        if self._delay_cuts and excess_ns > 0 and self._may_cut(now_ns):
+            rtt_ns = (self._min_rtt_ns or p.base_rtt_ns) + queue_delay_ns
+            self._cut_to(now_ns, self._rc * max(1 - p.delay_beta * excess_ns / rtt_ns, 1 - p.max_decrease))
 
     def _may_cut(self, now_ns: int) -> bool:
         """No cut in the last rp_rate_reduce_monitor_period (the guard ``Dcqcn.on_cnp`` applies to CNPs)."""

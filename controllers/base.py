@@ -5,7 +5,8 @@ the clock the data packets' send timestamps use, see ``testbed.roce.rocev2``), s
 comparable with packet timestamps; rates are bits per second (``rate_bps``); sizes are bytes.
 
 How a flow drives it: report every event as it happens (``on_send`` for each packet handed to the
-socket, ``on_ack``, ``on_cnp``, ``on_loss`` for a NAK or a detected gap, ``on_timeout`` for a
+socket, ``on_ack``, ``on_cnp``, ``on_queue_delay`` for a receiver's report of the forward queueing delay (a CNP
+carrying it, ``controllers.forward_delay``), ``on_loss`` for a NAK or a detected gap, ``on_timeout`` for a
 retransmission timeout), call ``on_timer`` whenever the clock passes ``next_timer_ns`` (calling it late is
 fine: it then applies every expiry it missed, in order), then pace at ``rate_bps`` and,
 if ``cwnd_bytes`` is not None, keep at most that many bytes unacknowledged.  Events must come in
@@ -59,6 +60,10 @@ class CongestionControl(abc.ABC):
 
     def on_cnp(self, now_ns: int) -> None:
         """A congestion notification packet arrived for this flow."""
+
+    def on_queue_delay(self, now_ns: int, queue_delay_ns: int) -> None:
+        """The receiver reported that the flow's packets stand ``queue_delay_ns`` in queues on the forward path
+        (above its target, ``controllers.forward_delay``)."""
 
     def on_loss(self, now_ns: int) -> None:
         """A loss was detected without a timeout (a NAK)."""

@@ -3,11 +3,11 @@ the emulated ones (``testbed.model.dilation``).
 
 A time-dilated run stretches every time by k and divides every rate by k.  Rather than give each algorithm
 a dilated copy of its knobs, this wrapper warps its clock: every event reaches the algorithm at declared
-time ``now / k`` with RTT samples divided by k; the rate it sets is divided by k and the time of its next
-timer multiplied by k; bytes (sent, acknowledged, the window) pass unchanged.  Driven by a flow k times
-slower, the algorithm therefore takes exactly the decisions it takes at full speed -- the same cuts after
-the same CNPs, the same increase steps per declared timer period -- and a new algorithm needs nothing to
-run dilated.
+time ``now / k`` with RTT samples and reported queueing delays divided by k; the rate it sets is divided by
+k and the time of its next timer multiplied by k; bytes (sent, acknowledged, the window) pass unchanged.
+Driven by a flow k times slower, the algorithm therefore takes exactly the decisions it takes at full
+speed -- the same cuts after the same CNPs, the same increase steps per declared timer period -- and a new
+algorithm needs nothing to run dilated.
 
 Declared time is kept in whole nanoseconds, as every algorithm expects: ``now // k`` (a timer due at
 declared ``d`` is reported due at emulated ``ceil(d * k)``, so it has expired when the flow calls).
@@ -51,6 +51,9 @@ class Dilated(CongestionControl):
 
     def on_cnp(self, now_ns: int) -> None:
         self.algorithm.on_cnp(self._declared(now_ns))
+
+    def on_queue_delay(self, now_ns: int, queue_delay_ns: int) -> None:
+        self.algorithm.on_queue_delay(self._declared(now_ns), round(queue_delay_ns / self.dilation))
 
     def on_loss(self, now_ns: int) -> None:
         self.algorithm.on_loss(self._declared(now_ns))

@@ -13,8 +13,9 @@ are taken.
 import time
 
 SENDER_COUNTERS = ("packets_sent", "ip_bytes_sent", "bytes_sent", "bytes_acked", "retransmitted_packets",
-                   "cnps_received", "timeouts", "naks_received")
-RECEIVER_COUNTERS = ("packets", "bytes", "ce_marked", "cnps_sent", "naks_sent", "duplicates", "out_of_order")
+                   "cnps_received", "delay_reports_received", "timeouts", "naks_received")
+RECEIVER_COUNTERS = ("packets", "bytes", "ce_marked", "cnps_sent", "delay_reports_sent", "naks_sent", "duplicates",
+                     "out_of_order")
 FLOW_COLUMNS = ("t_ns", "rank", "peer", "channel", "side", "src", "dst", "sqpn", "dqpn",
                 *SENDER_COUNTERS, "rate_bps", "srtt_us", *RECEIVER_COUNTERS)
 STEP_COLUMNS = ("t_ns", "rank", "step", "phase", "channel", "send_peer", "recv_peer", "bytes", "wait_ms")

@@ -26,7 +26,8 @@ CONTROL_POLL_NS = 10_000_000
 # 0.19-0.30 after; its CPU demand (with the time it waited for one) 0.43-0.55 before, 0.28-0.47 after;
 # lateness p99 5.8-9.7 ms before, 5.8-8.2 after.  A control message then waits at most 5 ms declared.
 MAX_DILATED_WAIT_NS = 100_000_000
-FLOW_COUNTERS = ("packets_sent", "retransmitted_packets", "cnps_received", "timeouts", "naks_received", "send_errors")
+FLOW_COUNTERS = ("packets_sent", "retransmitted_packets", "cnps_received", "delay_reports_received", "timeouts",
+                 "naks_received", "send_errors")
 STEP_TIMEOUT_S = 120.0  # no progress for this long (wall time), nor for two dilated maximum RTOs: a peer died
 
 
@@ -83,6 +84,8 @@ class RankLinks:
         """A controller message: ``{"cc": {peer: spec}}`` gives those peers' senders a fresh congestion
         control; ``{"cnp_interval_ns": {peer: ns or None}}`` paces the CNPs this rank's receivers send them
         (None: none, a border answers their marks, ``testbed.collective.near_source``);
+        ``{"delay_reports": {peer: [target_queue_ns, base_rtt_ns]}}`` has them report the forward queueing
+        delay above that target (``controllers.forward_delay``);
         ``{"pace": {peer: bits/s or None}}`` caps (or uncaps) the senders' pacing rate.  Declared units."""
         for peer, spec in message.get("cc", {}).items():
             self.cc_specs[int(peer)] = spec
@@ -91,6 +94,9 @@ class RankLinks:
         for peer, interval in message.get("cnp_interval_ns", {}).items():
             for receiver in _of_peer(self.receivers, peer):
                 receiver.set_cnp_interval(None if interval is None else round(interval * self.dilation))
+        for peer, (target, rtt) in message.get("delay_reports", {}).items():
+            for receiver in _of_peer(self.receivers, peer):
+                receiver.set_delay_reports(round(target * self.dilation), round(rtt * self.dilation))
         for peer, cap in message.get("pace", {}).items():
             for sender in _of_peer(self.senders, peer):
                 sender.max_rate_bps = None if cap is None else cap / self.dilation

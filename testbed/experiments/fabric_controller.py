@@ -239,8 +239,9 @@ class FabricController:
 
     def _rank_message(self, rank: int, hosts: list, sites: list[str], egresses: dict) -> dict:
         """Per peer: the NIC's DCQCN inside the site, the mode's cc across a DCI (and the CNP interval its
-        receiver paces at, where the mode sets one)."""
-        cc, cnp = {}, {}
+        receiver paces at, where the mode sets one, and the target and base RTT its receiver reports forward
+        queueing against, in modes with the delay signal)."""
+        cc, cnp, delay = {}, {}, {}
         line = line_rate_bps(hosts[rank])
         for peer, host in enumerate(hosts):
             if peer == rank:
@@ -261,7 +262,9 @@ class FabricController:
                 cnp[peer] = None  # the sender's border answers the marks (``near_source``)
             elif "timers" in self.mode.mechanisms:
                 cnp[peer] = AdaptiveParams.for_path(path, target).dcqcn.np_min_time_between_cnps_ns
-        return {"cc": cc, "cnp_interval_ns": cnp}
+            if self.mode.delay_reports:
+                delay[peer] = [target, path.base_rtt_ns]  # the peer -> rank path is this one reversed
+        return {"cc": cc, "cnp_interval_ns": cnp, "delay_reports": delay}
 
     # -- the loop ----------------------------------------------------------------------------------------
 

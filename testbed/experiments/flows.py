@@ -140,7 +140,8 @@ def flow_table(tb, pairs: list[tuple[int, int]], answers: list[dict], telemetry,
                      "wrong_bytes": end["wrong"], "fct_ms": fct_s * 1e3, "goodput_mbps": goodput,
                      "fair_mbps": share * 8 / 1e6, "of_fair_pct": 100 * goodput / (share * 8 / 1e6),
                      "retransmitted": counters.get("retransmitted_packets"),
-                     "cnps": counters.get("cnps_received"), "timeouts": counters.get("timeouts"),
+                     "cnps": counters.get("cnps_received"), "delay_reports": counters.get("delay_reports_received"),
+                     "timeouts": counters.get("timeouts"),
                      "start_s": telemetry.declared_s(end["start_ns"]), "end_s": telemetry.declared_s(end["end_ns"]),
                      "first_cnp_s": _declared_or_nan(telemetry, end["first_cnp_ns"])})
     return pd.DataFrame(rows)

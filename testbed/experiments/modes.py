@@ -6,7 +6,8 @@ Mechanisms, each switchable on its own (issue 14's ablation):
   timers      RTT-scaled timers and BDP-derived increase steps at the senders, the CNP interval a fraction of
               the RTT at the receivers (``controllers.adaptive``)
   window      start at the measured share, a window of BDP plus the target queue (``controllers.adaptive``)
-  delay       the delay signal: queueing above the target cuts the rate (``controllers.adaptive``)
+  delay       the delay signal: the receivers report forward queueing above the target, which cuts the rate
+              (``controllers.forward_delay``, ``controllers.adaptive``)
   thresholds  BDP- and target-derived ECN thresholds at every DCI egress (``controllers.adaptive.ecn_thresholds``)
   loop        the latency loop holding each DCI queue near its target (``controllers.latency``)
   nearsource  near-source feedback: each border answers its DCI egress's CE marks with CNPs to the local
@@ -54,6 +55,11 @@ class Mode:
     @property
     def near_source(self) -> bool:
         return "nearsource" in self.mechanisms
+
+    @property
+    def delay_reports(self) -> bool:
+        """Whether the receivers of DCI flows report their forward queueing delay (for the delay signal)."""
+        return self.dci_cc is Adaptive and "delay" in self.mechanisms
 
     def cc_spec(self, **fields) -> dict:
         """The spec of the DCI paths' congestion control: the adaptive controller also gets which of the

@@ -73,9 +73,10 @@ _AETH_KINDS = {0: "ack", 3: "nak"}  # AETH syndrome bits 7..5
 
 # The decoded packets (``read_packets``): one row per captured RoCE packet, in capture order per interface:
 # ``t_s``, ``intf``, ``direction``, ``src``, ``dst`` (IPv4 addresses), ``ip_bytes`` (IPv4 total length), ``ecn``
-# (0..3, CE = 3), ``kind`` ("data", "ack", "nak", "cnp"), ``dqpn``, ``psn``, ``send_ts_ns`` (Int64, data only),
-# ``owd_ms`` (NaN without timestamp), ``msg_id``, ``msg_offset`` (Int64, data only, NA when cut); the packets
-# frame adds each data packet's place in its flow (``testbed.results.capture_flows.PACKET_COLUMNS``).
+# (0..3, CE = 3), ``kind`` ("data", "ack", "nak", "cnp", "delay": a CNP carrying a queueing delay, see
+# ``testbed.roce.rocev2``), ``dqpn``, ``psn``, ``send_ts_ns`` (Int64, data only), ``owd_ms`` (NaN without
+# timestamp), ``msg_id``, ``msg_offset`` (Int64, data only, NA when cut); the packets frame adds each data
+# packet's place in its flow (``testbed.results.capture_flows.PACKET_COLUMNS``).
 DECODED_COLUMNS = ("t_s", "intf", "direction", "src", "dst", "ip_bytes", "ecn", "kind", "dqpn", "psn", "send_ts_ns",
                    "owd_ms", "msg_id", "msg_offset")
 # what _read_pcap yields per packet; nullable integers built straight from Python ints (float64 would round ns)
@@ -288,7 +289,7 @@ def decode(frame: bytes) -> tuple | None:
     elif opcode == ACKNOWLEDGE and len(frame) > after:
         kind = _AETH_KINDS.get(frame[after] >> 5)
     elif opcode == CNP_OPCODE:
-        kind = "cnp"
+        kind = "delay" if any(frame[after:after + 8]) else "cnp"  # a delay report's queueing delay, u64
     else:
         return None
     if kind is None:

@@ -9,7 +9,11 @@ PSN within ``reorder_window`` is buffered instead of dropped (counted as ``buffe
 ``out_of_order``) and accepted once the gap before it is filled; if a further gap then shows, it is NAKed
 at once, since the packets after it are already here.  A packet failing its ICRC is dropped (and counted by the NIC),
 and the gap it leaves is then NAKed like a loss.  ECN: every data packet's IP TOS is read (IP_RECVTOS);
-CE-marked ones ask the DCQCN notification point (``CnpPacer``) whether to send a CNP now.
+CE-marked ones ask the DCQCN notification point (``CnpPacer``) whether to send a CNP now.  Delay: where the
+fabric controller asks for it (``set_delay_reports``), every data packet's one-way delay (arrival minus its
+send timestamp) goes to a ``ForwardDelayPoint``, and the queueing delay it reports goes back to the sender
+in a CNP that carries it (``controllers.forward_delay``), counted as ``delay_reports_sent``: ``cnps_sent``
+counts only the CNPs that answer CE marks.
 
 Messages come back as bytearrays; a numpy array sent with ``Sender.send`` comes back with
 ``numpy.frombuffer(receiver.recv(timeout_s), dtype=...).reshape(...)`` (dtype and shape are the
@@ -23,6 +27,7 @@ two calls where there were four and a PSN distance (see "Speed" in ``testbed.roc
 import collections
 
 from controllers.dcqcn import CnpPacer
+from controllers.forward_delay import ForwardDelayPoint
 from testbed.roce import psn
 from testbed.roce.nic import FAR_FUTURE_NS, Nic
 from testbed.roce.rocev2 import CE, Flow, Kind, RocePacket, build_ack, build_cnp, build_nak, ip_tos
@@ -38,6 +43,7 @@ class Receiver(QueuePairEnd):
         super().__init__(nic, qpn, peer_qpn, config)
         self._cnp_tos, self._ack_tos = ip_tos(Kind.CNP, config.dscp), ip_tos(Kind.ACK, config.dscp)
         self._cnp_pacer = CnpPacer(config.cnp_interval_ns)
+        self._delay_point: ForwardDelayPoint | None = None
         self._expected = config.start_psn
         self._msn = 0
         self._nak_outstanding = False
@@ -51,13 +57,18 @@ class Receiver(QueuePairEnd):
         self._delivered: collections.deque[bytearray] = collections.deque()
         self._buffer: dict[int, RocePacket] = {}  # selective repeat: out-of-order packets by PSN
         self.counters.update(packets=0, bytes=0, messages=0, duplicates=0, out_of_order=0, buffered=0, acks_sent=0,
-                             naks_sent=0, ce_marked=0, cnps_sent=0)
-        self.series: list[dict] = []  # one row per delivered message and per CNP sent
+                             naks_sent=0, ce_marked=0, cnps_sent=0, delay_reports_sent=0)
+        self.series: list[dict] = []  # one row per delivered message, per CNP and per delay report sent
 
     def set_cnp_interval(self, interval_ns: int | None) -> None:
         """Send at most one CNP per ``interval_ns`` from now on (the notification point's knob, per path);
         None: send none (near-source feedback answers the marks at the sender's border)."""
         self._cnp_pacer = CnpPacer(interval_ns)
+
+    def set_delay_reports(self, target_queue_ns: int | None, base_rtt_ns: int | None = None) -> None:
+        """From now on report the forward queueing delay to the sender while it exceeds ``target_queue_ns``,
+        judged over half of ``base_rtt_ns`` (``controllers.forward_delay``); None: report none."""
+        self._delay_point = None if target_queue_ns is None else ForwardDelayPoint(target_queue_ns, base_rtt_ns)
 
     def recv(self, timeout_s: float) -> bytearray:
         """The next delivered message; raises TimeoutError if none arrives within ``timeout_s``.
@@ -85,6 +96,8 @@ class Receiver(QueuePairEnd):
         self._peer = peer
         if tos & CE == CE:
             self._on_ce(now_ns)
+        if self._delay_point is not None:
+            self._on_one_way_delay(now_ns - packet.timestamp_ns, now_ns)
         if packet.psn == self._expected:  # distance 0, the common case, without psn.diff's call
             self._accept(packet, now_ns)
             if self._buffer:
@@ -121,6 +134,14 @@ class Receiver(QueuePairEnd):
         if self._cnp_pacer.on_ce(now_ns):
             self._send(build_cnp(self._flow_back(), dqpn=self.peer_qpn), "cnps_sent", self._cnp_tos)
             self.series.append(dict(t_ns=now_ns, event="cnp", delivered_bytes=self.counters["bytes"]))
+
+    def _on_one_way_delay(self, one_way_ns: int, now_ns: int) -> None:
+        queue_ns = self._delay_point.on_data(now_ns, one_way_ns)
+        if queue_ns is not None:
+            report = build_cnp(self._flow_back(), dqpn=self.peer_qpn, queue_delay_ns=queue_ns)
+            self._send(report, "delay_reports_sent", self._cnp_tos)
+            self.series.append(dict(t_ns=now_ns, event="delay_report", delivered_bytes=self.counters["bytes"],
+                                    queue_delay_ns=queue_ns))
 
     def _accept(self, packet: RocePacket, now_ns: int) -> None:
         """Place the expected packet's data in its message (the copy ``_place`` did, inlined: one call less per

@@ -25,7 +25,12 @@ Packets
           Linux's soft-RoCE sends) and the MSN; the BTH PSN is the last PSN acknowledged (coalesced ACK).
     nak   RC ACKNOWLEDGE with AETH syndrome 0x60 (NAK, PSN sequence error); the BTH PSN is the PSN the
           responder expects next.
-    cnp   RoCEv2 CNP (IBTA Annex A17): BTH opcode 0x81, BECN set, PSN 0, then 16 reserved zero bytes.
+    cnp   RoCEv2 CNP (IBTA Annex A17): BTH opcode 0x81, BECN set, PSN 0, then 16 reserved bytes, zero in a
+          CNP answering ECN marks.  A receiver's report of the forward queueing delay
+          (``controllers.forward_delay``) is a CNP whose first 8 reserved bytes carry that delay in ns
+          (big-endian, non-zero): the delay signal needs a magnitude, which no RoCE header has a field for
+          (Swift and HPCC add one to theirs).  A NIC that ignores reserved bytes, as the annex asks, takes
+          it for a plain CNP; Wireshark shows it as one (scapy's ``CNPPadding.reserved1`` holds the delay).
 
 ECN
     The IP ECN field is not part of the UDP payload: ``ip_tos`` gives the TOS byte to send each kind with.
@@ -137,7 +142,7 @@ _AETH = struct.Struct("!I")  # syndrome << 24 | MSN
 _BTH_AETH = struct.Struct("!BBHIII")
 _ICRC = struct.Struct("<I")
 _PSEUDO_HEADERS = struct.Struct("!10sH20sHH")  # LRH + IPv4 start, total length, IPv4 rest + ports, UDP length, checksum
-_CNP_PADDING = bytes(CNP_PADDING_LEN)
+_CNP_PADDING = struct.Struct("!QQ")  # reserved: the queueing delay of a delay report (module docstring), 0
 _MASKED_LRH_IPV4_START = b"\xff" * 8 + b"\x45\xff"  # pseudo LRH, IPv4 version/IHL, TOS masked
 _PADDING = tuple(bytes(n) for n in range(4))
 _RESIDUE = zlib.crc32(bytes(4))  # 0x2144df1c: the CRC-32 of any bytes followed by their own CRC-32, LSB first
@@ -226,6 +231,7 @@ class RocePacket(NamedTuple):
     offset: int | None = None
     msg_len: int | None = None
     payload: bytes = b""
+    queue_delay_ns: int | None = None  # a CNP's delay report (module docstring)
 
 
 def check_mtu(mtu: int) -> int:
@@ -314,9 +320,10 @@ def build_nak(flow: Flow, *, dqpn: int, psn: int, msn: int) -> bytes:
     return _build_aeth(flow, dqpn, psn, NAK_PSN_SEQUENCE_ERROR, msn)
 
 
-def build_cnp(flow: Flow, *, dqpn: int) -> bytes:
-    """A congestion notification for the sender's queue pair ``dqpn``."""
-    return _seal(flow, _bth(CNP_OPCODE, dqpn, 0, False, 0, BECN), _CNP_PADDING)
+def build_cnp(flow: Flow, *, dqpn: int, queue_delay_ns: int = 0) -> bytes:
+    """A congestion notification for the sender's queue pair ``dqpn``; a delay report if ``queue_delay_ns``."""
+    _check_range("queue_delay_ns", queue_delay_ns, 2**64 - 1)
+    return _seal(flow, _bth(CNP_OPCODE, dqpn, 0, False, 0, BECN), _CNP_PADDING.pack(queue_delay_ns, 0))
 
 
 def parse(udp_payload: bytes, flow: Flow) -> RocePacket:
@@ -347,12 +354,13 @@ def parse(udp_payload: bytes, flow: Flow) -> RocePacket:
             raise MalformedPacket(f"opcode {op:#04x} contradicts offset {offset} + {length} bytes of a"
                                   f" {msg_len}-byte message")
         return _new_tuple(RocePacket, (_DATA, op, dqpn, psn, psn_word >> 31 == 1, None, None, timestamp_ns,
-                                       msg_id, offset, msg_len, udp_payload[BTH_LEN + DATA_HEADER_LEN:end]))
+                                       msg_id, offset, msg_len, udp_payload[BTH_LEN + DATA_HEADER_LEN:end], None))
     if op == ACKNOWLEDGE:
         return _parse_aeth(udp_payload, dqpn, psn)
     if op == CNP_OPCODE:
         _check_size(udp_payload, BTH_LEN + CNP_PADDING_LEN + ICRC_LEN, "CNP")
-        return RocePacket(Kind.CNP, op, dqpn, psn)
+        queue_delay_ns = _CNP_PADDING.unpack_from(udp_payload, BTH_LEN)[0]
+        return RocePacket(Kind.CNP, op, dqpn, psn, queue_delay_ns=queue_delay_ns or None)
     raise MalformedPacket(f"unsupported BTH opcode {op:#04x}")
 
 
@@ -360,14 +368,14 @@ def to_scapy(packet: RocePacket, flow: Flow, ttl: int = 64):
     """The packet as scapy layers (IP / UDP / BTH / ...), for pcaps and as the reference the fast path matches.
 
     Scapy is imported here, not with the module (see "Start-up" in the module docstring)."""
-    from scapy.contrib.roce import AETH, BTH, cnp
+    from scapy.contrib.roce import AETH, BTH, CNP_OPCODE, CNPPadding
     from scapy.layers.inet import IP, UDP
     from scapy.packet import Raw
 
     ip = IP(src=flow.src_ip, dst=flow.dst_ip, id=flow.ip_id, flags="DF" if flow.dont_fragment else 0, ttl=ttl,
             tos=ip_tos(packet.kind)) / UDP(sport=flow.src_port, dport=flow.dst_port)
     if packet.kind is Kind.CNP:
-        return ip / cnp(packet.dqpn)
+        return ip / BTH(opcode=CNP_OPCODE, becn=1, dqpn=packet.dqpn) / CNPPadding(reserved1=packet.queue_delay_ns or 0)
     pad = -len(packet.payload) % 4 if packet.kind is Kind.DATA else 0
     bth = BTH(opcode=packet.opcode, dqpn=packet.dqpn, psn=packet.psn, ackreq=int(packet.ackreq), padcount=pad)
     if packet.kind is not Kind.DATA:
@@ -444,7 +452,8 @@ def _parse_aeth(udp_payload: bytes, dqpn: int, psn: int) -> RocePacket:
         kind = Kind.NAK
     else:
         raise MalformedPacket(f"unsupported AETH syndrome {syndrome:#04x} (only ACK and PSN sequence error NAK)")
-    return _new_tuple(RocePacket, (kind, ACKNOWLEDGE, dqpn, psn, False, msn, syndrome, None, None, None, None, b""))
+    return _new_tuple(RocePacket, (kind, ACKNOWLEDGE, dqpn, psn, False, msn, syndrome, None, None, None, None, b"",
+                                   None))
 
 
 def _check_size(udp_payload: bytes, expected: int, what: str) -> None:

@@ -29,7 +29,8 @@ second.  NAKs give no congestion-control sample (sent when a later packet arrive
 the path).
 
 The congestion control sees every event: ``on_send`` per packet (UDP payload bytes), ``on_ack``,
-``on_cnp``, ``on_loss`` per NAK, ``on_timeout`` per RTO and ``on_timer`` when its timer is due.
+``on_cnp``, ``on_queue_delay`` per CNP carrying a queueing delay (``controllers.forward_delay``),
+``on_loss`` per NAK, ``on_timeout`` per RTO and ``on_timer`` when its timer is due.
 
 Per packet (see "Speed" in ``testbed.roce.transport``): ``_send_some`` sends a batch in one loop with what it
 uses in locals; each packet is built by ``build_data_unchecked`` from a memoryview of the message (no copy
@@ -111,8 +112,9 @@ class Sender(QueuePairEnd):
         self._last_ack_ns: int | None = None
         self.counters.update(messages_queued=0, messages_acked=0, packets_sent=0, bytes_sent=0, ip_bytes_sent=0,
                              retransmitted_packets=0, send_errors=0, bytes_acked=0, acks_received=0,
-                             naks_received=0, cnps_received=0, timeouts=0, rtt_samples=0)
-        self.series: list[dict] = []  # one row per ACK, NAK, CNP and timeout
+                             naks_received=0, cnps_received=0, delay_reports_received=0, timeouts=0,
+                             rtt_samples=0)
+        self.series: list[dict] = []  # one row per ACK, NAK, CNP, delay report and timeout
         self._on_send: tuple[CongestionControl | None, Callable[[int, int], None] | None] = (None, None)
         self._spares: list[bytearray] = []  # copies of acknowledged messages, all of the latest size kept
 
@@ -318,9 +320,14 @@ class Sender(QueuePairEnd):
         elif kind is _DATA:
             self.counters["malformed"] += 1
         elif kind is _CNP:
-            self.counters["cnps_received"] += 1
-            self.cc.on_cnp(now_ns)
-            self._record(now_ns, "cnp")
+            if packet.queue_delay_ns is None:
+                self.counters["cnps_received"] += 1
+                self.cc.on_cnp(now_ns)
+                self._record(now_ns, "cnp")
+            else:
+                self.counters["delay_reports_received"] += 1
+                self.cc.on_queue_delay(now_ns, packet.queue_delay_ns)
+                self._record(now_ns, "delay_report")
         else:
             self._on_nak(self._index_of(packet.psn), now_ns)
 

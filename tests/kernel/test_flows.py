@@ -63,6 +63,11 @@ def test_an_incast_across_the_dci_is_delivered_exactly_within_the_bottleneck_rat
         assert flows["cnps"].sum() <= egress["ce_marks"]
         if run.mode == "adaptive":  # near-source: every CNP came from the west border, none from the receiver
             assert 0 < flows["cnps"].sum() <= egress["border_cnps"] <= egress["ce_marks"]
+            # the delay signal: the receiver saw the DCI queue (p99 9-16 ms, against a target of two frames at
+            # the DCI rate, 1.3 ms) in the one-way delays and reported it; no other mode asks for reports
+            assert flows["delay_reports"].sum() > 0
+        else:
+            assert flows["delay_reports"].sum() == 0
         assert 0.5 <= jain_index(flows["goodput_mbps"]) <= 1.0
     baseline, adaptive, thresholds = (run.egresses.iloc[0] for run in runs)
     # near-source feedback, timed on the clock every process shares: from the first marked packet leaving the

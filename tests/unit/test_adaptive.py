@@ -164,22 +164,21 @@ def test_a_cnp_burst_within_one_rtt_cuts_once_and_one_a_rtt_later_cuts_again():
     assert flow.next_timer_ns == 3 * RTT
 
 
-def test_queueing_above_the_target_cuts_by_the_swift_factor_at_most_once_per_rtt():
+def test_a_reported_queue_above_the_target_cuts_by_the_swift_factor_at_most_once_per_rtt():
     flow = started()
     excess = 10 * MS
-    sample = RTT + TQ + excess
-    factor = 1 - 0.8 * excess / sample
+    factor = 1 - 0.8 * excess / (RTT + TQ + excess)  # base RTT + the reported queue
     flow.on_ack(RTT // 2, FRAME, RTT)  # the flow's smallest sample: its base
     now = RTT + 5
-    flow.on_ack(now, FRAME, sample)
+    flow.on_queue_delay(now, TQ + excess)
     rc, rt = S * factor, S
     assert (flow.rate_bps, flow.target_rate_bps, flow.next_timer_ns) == (approx(rc), rt, now + RTT)
     assert flow.alpha_at(now) == approx(0.5 * (1 - G))  # a delay cut is no ECN mark: alpha untouched
-    flow.on_ack(now + RTT - 1, FRAME, sample)
+    flow.on_queue_delay(now + RTT - 1, TQ + excess)
     flow.on_cnp(now + RTT // 2)  # one guard for every kind of cut
     flow.on_send(now + RTT // 2, 1)
     assert flow.rate_bps == approx(rc)
-    flow.on_ack(now + RTT, FRAME, sample)  # the timer step due then, then the cut
+    flow.on_queue_delay(now + RTT, TQ + excess)  # the timer step due then, then the cut
     rc = (rt + rc) / 2
     rc, rt = rc * factor, rc
     assert (flow.rate_bps, flow.target_rate_bps) == (approx(rc), approx(rt))
@@ -188,52 +187,41 @@ def test_queueing_above_the_target_cuts_by_the_swift_factor_at_most_once_per_rtt
 def test_one_delay_cut_takes_at_most_max_decrease():
     flow = started()
     flow.on_ack(RTT // 2, FRAME, RTT)
-    flow.on_ack(RTT + 1, FRAME, 10 * RTT)  # 1 - 0.8 * (200 - 20 - 6.6) / 200 = 0.31, clamped to 0.5
+    flow.on_queue_delay(RTT + 1, 9 * RTT)  # 1 - 0.8 * (180 - 6.6) / 200 = 0.31, clamped to 0.5
     assert flow.rate_bps == approx(S / 2)
 
 
-def test_a_delay_cut_needs_the_queue_to_stand_for_half_a_base_rtt():
+def test_rtt_samples_cut_nothing_however_long():
     flow = started()
-    flow.on_ack(RTT // 2, FRAME, RTT)  # the base
-    high = RTT + TQ + 10 * MS
-    flow.on_ack(RTT // 2 + 1, FRAME, high)  # an end host's hiccup: the base sample is still in the window
-    assert flow.rate_bps == S
-    flow.on_ack(RTT + 2, FRAME, high)  # half an RTT of nothing but high samples: a standing queue
-    excess = high - RTT - TQ
-    assert flow.rate_bps == approx(S * (1 - 0.8 * excess / high))
+    rate = flow.rate_bps
+    flow.on_ack(RTT // 2, FRAME, RTT)
+    for i in range(1, 40):  # the round trip 10 ms over the target for 20 RTTs: ACKs queued on the way back
+        flow.on_send(i * RTT // 2, 1)
+        flow.on_ack(i * RTT // 2 + 1, FRAME, RTT + TQ + 10 * MS)
+        assert flow.rate_bps >= rate
+        rate = flow.rate_bps
+    assert rate > S
 
 
-def test_the_standing_rtt_is_the_smallest_sample_of_the_last_half_rtt():
-    flow = started()
-    flow.on_ack(1, FRAME, RTT)  # the base, long gone from the window below
-    flow.on_ack(RTT, FRAME, RTT + TQ + 9 * MS)  # 9 ms over the target for half an RTT: a cut
-    assert flow.rate_bps == approx(S * (1 - 0.8 * 9 * MS / (RTT + TQ + 9 * MS)))
-    rc, rt = flow.rate_bps, flow.target_rate_bps
-    for at, over in ((2 * RTT - 11 * MS, 2), (2 * RTT - 3 * MS, 6), (2 * RTT - MS, 8)):
-        flow.on_ack(at, FRAME, RTT + TQ + over * MS)  # within one RTT of the cut: no cut
-        flow.on_send(at, 1)
-    assert flow.rate_bps == rc
-    flow.on_ack(2 * RTT + 3, FRAME, RTT + TQ + 7 * MS)  # the 2 ms sample is more than RTT / 2 old now
-    rc = (rt + rc) / 2  # the timer step due at 2 RTT
-    assert flow.rate_bps == approx(rc * (1 - 0.8 * 6 * MS / (RTT + TQ + 6 * MS)))  # the 6 ms one stands
-
-
-def test_samples_at_or_below_the_target_never_cut():
+def test_reports_at_or_below_the_target_never_cut():
     flow = started()
     rate = flow.rate_bps
     for i in range(1, 400):
         flow.on_send(i * RTT // 4, 1)
-        flow.on_ack(i * RTT // 4, FRAME, RTT + TQ - (i % 4) * MS)
+        flow.on_queue_delay(i * RTT // 4, TQ - (i % 4) * MS)
         assert flow.rate_bps >= rate
         rate = flow.rate_bps
-    assert rate > 2 * S and flow.base_rtt_ns == RTT + TQ - 3 * MS
+    assert rate > 2 * S
 
 
-def test_the_base_rtt_is_the_smallest_sample():
+def test_the_base_rtt_is_the_smallest_sample_and_before_any_the_probes():
     flow = started()
-    flow.on_ack(RTT + 1, FRAME, RTT - 2 * MS)
+    flow.on_queue_delay(RTT + 1, TQ + 2 * MS)  # no sample yet: the probed RTT is the base
+    assert flow.rate_bps == approx(S * (1 - 0.8 * 2 * MS / (RTT + TQ + 2 * MS)))
+    flow = started()
+    flow.on_ack(RTT // 2, FRAME, RTT - 2 * MS)
     assert flow.base_rtt_ns == RTT - 2 * MS and flow.rate_bps == S
-    flow.on_ack(2 * RTT + 1, FRAME, RTT + TQ)  # at the target for the configured base, 2 ms over the measured
+    flow.on_queue_delay(RTT + 1, TQ + 2 * MS)
     assert flow.rate_bps == approx(S * (1 - 0.8 * 2 * MS / (RTT + TQ)))
 
 
@@ -309,7 +297,7 @@ def test_timers_alone_derive_the_knobs_but_start_unthrottled_without_a_window():
     assert flow.params == P.dcqcn  # every DCQCN knob from the path
     flow.on_send(0, FRAME)
     assert (flow.rate_bps, flow.cwnd_bytes, flow.next_timer_ns) == (LINE, None, None)  # as DCQCN before a CNP
-    flow.on_ack(MS, FRAME, 10 * RTT)  # queueing far above the target: no delay signal without "delay"
+    flow.on_queue_delay(MS, 10 * RTT)  # queueing far above the target: no delay signal without "delay"
     assert flow.rate_bps == LINE
 
 
@@ -321,11 +309,11 @@ def test_window_alone_starts_at_the_share_with_the_window_under_the_nics_timers(
     assert flow.next_timer_ns == MLX5_FIRMWARE.rp_time_reset_ns  # the firmware's 300 us, not one RTT
 
 
-def test_delay_alone_cuts_on_queueing_from_line_rate():
+def test_delay_alone_cuts_on_reported_queueing_from_line_rate():
     flow = Adaptive(AdaptiveParams.for_path(PATH_A, mechanisms=["delay"]))
     flow.on_send(0, FRAME)
     flow.on_ack(RTT, FRAME, RTT)  # the base
-    flow.on_ack(RTT + RTT // 2 + 1, FRAME, RTT + TQ + 10 * MS)  # 10 ms above the target, for half an RTT
+    flow.on_queue_delay(RTT + 1, TQ + 10 * MS)  # 10 ms above the target
     excess = 10 * MS
     assert flow.rate_bps == approx(LINE * (1 - 0.8 * excess / (RTT + TQ + excess)))
     assert flow.cwnd_bytes is None

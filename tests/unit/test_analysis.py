@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from scapy.all import ARP, ICMP, IP, UDP, Dot1Q, Ether, Raw, raw
-from scapy.contrib.roce import AETH, BTH
+from scapy.contrib.roce import AETH, BTH, CNPPadding
 from scapy.utils import PcapWriter
 
 from testbed.results.analysis import analyze, save
@@ -53,12 +53,13 @@ def data(src: str, dst: str, dqpn: int, psn: int, send_ns: int, size: int = 1000
 
 
 def control(kind: str, src: str, dst: str, dqpn: int, src_mac: str = EAST_MAC, dst_mac: str = WEST_MAC) -> bytes:
-    """An ACK, NAK or CNP from data receiver ``src`` to data sender ``dst``'s QP ``dqpn``."""
+    """An ACK, NAK, CNP or delay report from data receiver ``src`` to data sender ``dst``'s QP ``dqpn``."""
     flow = Flow(src, dst, 4791)
     payload = {"ack": lambda: build_ack(flow, dqpn=dqpn, psn=5, msn=1),
                "nak": lambda: build_nak(flow, dqpn=dqpn, psn=5, msn=1),
-               "cnp": lambda: build_cnp(flow, dqpn=dqpn)}[kind]()
-    return frame(src, dst, payload, ECT1 if kind == "cnp" else ECT0, src_mac, dst_mac)
+               "cnp": lambda: build_cnp(flow, dqpn=dqpn),
+               "delay": lambda: build_cnp(flow, dqpn=dqpn, queue_delay_ns=123_456)}[kind]()
+    return frame(src, dst, payload, ECT1 if kind in ("cnp", "delay") else ECT0, src_mac, dst_mac)
 
 
 def ip_bytes(frame_bytes: bytes) -> int:
@@ -95,7 +96,7 @@ def only_row(frame_: pd.DataFrame, **match) -> pd.Series:
 def test_decode_agrees_with_scapy_full_and_truncated():
     send_ns = 987_654_321_012
     frames = [data(WEST, EAST, 9, 77, send_ns, size=3000, ecn=CE), control("ack", EAST, WEST, 4),
-              control("nak", EAST, WEST, 4), control("cnp", EAST, WEST, 4)]
+              control("nak", EAST, WEST, 4), control("cnp", EAST, WEST, 4), control("delay", EAST, WEST, 4)]
     for full in frames:
         dissected = Ether(full)
         src, dst, size, ecn, kind, dqpn, psn, ts, _, _ = decode(full)
@@ -104,6 +105,8 @@ def test_decode_agrees_with_scapy_full_and_truncated():
         assert (dqpn, psn) == (dissected[BTH].dqpn, dissected[BTH].psn)
         if AETH in dissected:
             assert kind == {0x1F: "ack", 0x60: "nak"}[dissected[AETH].syndrome]
+        if CNPPadding in dissected:  # a CNP whose reserved bytes carry a queueing delay is a delay report
+            assert kind == ("delay" if dissected[CNPPadding].reserved1 else "cnp")
         assert decode(full[:SNAPLEN]) == decode(full)  # 128 bytes hold every header we read
     # scapy's BTH takes the last 4 bytes it gets for the ICRC: ours reads our header by offset instead
     truncated = Ether(frames[0][:SNAPLEN])
@@ -168,6 +171,7 @@ def test_control_packets_attributed_by_queue_pair_then_host_pair(tmp_path):
     built = [data(WEST, EAST, 9, 0, t), data(WEST, EAST, 8, 0, t),  # two flows on the host pair: only
              control("ack", EAST, WEST, 4), control("ack", EAST, WEST, 4), control("nak", EAST, WEST, 4),
              control("cnp", EAST, WEST, 4), control("cnp", EAST, WEST, 4), control("cnp", EAST, WEST, 4),
+             control("delay", EAST, WEST, 4),  # a delay report answers no mark: no CNP of the flow's
              data(other_west, other_east, 11, 0, t), control("cnp", other_east, other_west, 7),  # one flow
              data(third_west, third_east, 20, 0, t), data(third_west, third_east, 21, 0, t),
              control("cnp", third_east, third_west, 99)]  # neither: kept apart with dqpn NA

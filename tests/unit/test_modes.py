@@ -38,6 +38,9 @@ def test_the_ablation_is_the_baseline_each_mechanism_alone_and_all_of_them():
     assert [len(lookup(m).mechanisms) for m in modes] == [0, 1, 1, 1, 1, 1, 1, 6, 6]
     assert [m for m in modes if lookup(m).tuned_collective] == ["scale-across"]
     assert lookup("adaptive:nearsource").near_source and not lookup("adaptive:loop").near_source
+    # the receivers report forward queueing only for the adaptive senders' delay signal (Swift reads its RTT)
+    assert [m for m in modes if lookup(m).delay_reports] == ["adaptive:delay", "adaptive", "scale-across"]
+    assert not lookup("swift").delay_reports
 
 
 @pytest.mark.parametrize("name, message", [

@@ -1,6 +1,7 @@
 """Rank processes driven like the testbed drives them, natively over loopback: real UDP queue pairs, real
 processes, every element of every result checked by the ranks.  (Over a fabric: tests/kernel.)"""
 
+import json
 import subprocess
 
 import pytest
@@ -107,3 +108,15 @@ def test_a_dilated_rank_wakes_for_its_predicate_k_times_less_often_up_to_a_tenth
         links = RankLinks(nic, 0, ["127.0.3.1", "127.0.3.2"], Dcqcn.spec(line_rate_bps=1e9), TransportConfig(),
                           dilation=dilation)
         assert links.max_wait_ns == pytest.approx(wait_ms * 1e6)
+
+
+def test_a_delay_report_message_reaches_every_channel_of_the_peer_in_emulated_time():
+    with Nic("127.0.3.1") as nic:
+        links = RankLinks(nic, 0, ["127.0.3.1", "127.0.3.2", "127.0.3.3"], Dcqcn.spec(line_rate_bps=1e9),
+                          TransportConfig(), dilation=7.0)
+        links.open_all(2)
+        links.apply(json.loads(json.dumps({"delay_reports": {1: [1_000_000, 4_000_000]}})))  # as the channel sends it
+        points = {key: receiver._delay_point for key, receiver in links.receivers.items()}
+    to_peer = [(p.target_queue_ns, p.window_ns) for key, p in points.items() if key[0] == 1]
+    assert to_peer == [(7_000_000, 14_000_000)] * 2
+    assert points[(2, 0)] is None and points[(2, 1)] is None

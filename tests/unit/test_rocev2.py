@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 from scapy.all import IP, UDP, Ether, Raw, raw, wrpcap
-from scapy.contrib.roce import AETH, BTH, cnp
+from scapy.contrib.roce import AETH, BTH, CNPPadding, cnp
 
 from testbed.roce.rocev2 import (
     IB_MTUS,
@@ -112,6 +112,22 @@ def test_fast_cnps_are_byte_identical_to_scapy_and_parse_back():
         assert fast[4] == 0x40  # BECN set, FECN clear
         assert fast == scapy_udp_payload(flow, cnp(dqpn), rng)
         assert parse(fast, flow) == RocePacket(Kind.CNP, CNP, dqpn, 0)
+
+
+def test_delay_reports_are_cnps_carrying_the_delay_in_the_reserved_bytes_as_scapy_builds_them():
+    rng = random.Random(5)
+    for _ in range(50):
+        flow = random_flow(rng)
+        dqpn, delay = rng.randrange(2**24), rng.randrange(1, 2**64)
+        fast = build_cnp(flow, dqpn=dqpn, queue_delay_ns=delay)
+        assert fast[:12] == build_cnp(flow, dqpn=dqpn)[:12] and int.from_bytes(fast[12:20], "big") == delay
+        reference = BTH(opcode=CNP, becn=1, dqpn=dqpn) / CNPPadding(reserved1=delay)
+        assert fast == scapy_udp_payload(flow, reference, rng)
+        packet = parse(fast, flow)
+        assert (packet.kind, packet.dqpn, packet.queue_delay_ns) == (Kind.CNP, dqpn, delay)
+        assert raw(to_scapy(packet, flow))[28:] == fast
+    with pytest.raises(ValueError, match=r"^queue_delay_ns must be in \[0, 18446744073709551615\], got -1$"):
+        build_cnp(FLOW, dqpn=1, queue_delay_ns=-1)
 
 
 def test_cnp_matches_the_published_reference_example():

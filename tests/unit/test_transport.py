@@ -364,7 +364,8 @@ class Recording(FixedRate):
 
     def __init__(self) -> None:
         super().__init__(200e6)
-        self.events: dict[str, list] = {name: [] for name in ("send", "ack", "cnp", "loss", "timeout", "timer")}
+        self.events: dict[str, list] = {name: [] for name in ("send", "ack", "cnp", "queue_delay", "loss", "timeout",
+                                                              "timer")}
         self._due = time.monotonic_ns() + 1_000_000
 
     @property
@@ -376,6 +377,12 @@ class Recording(FixedRate):
 
     def on_ack(self, now_ns, acked_bytes, rtt_ns):
         self.events["ack"].append((acked_bytes, rtt_ns))
+
+    def on_cnp(self, now_ns):
+        self.events["cnp"].append(now_ns)
+
+    def on_queue_delay(self, now_ns, queue_delay_ns):
+        self.events["queue_delay"].append(queue_delay_ns)
 
     def on_loss(self, now_ns):
         self.events["loss"].append(now_ns)
@@ -430,6 +437,47 @@ def test_the_congestion_control_gets_no_rtt_sample_from_an_ack_the_receiver_held
     assert len(samples) == 2 and max(samples) < hold_ns / 2
     assert stats["srtt_ns"] > hold_ns / 2  # the retransmission timer still waits for held ACKs
     assert [row["rtt_ns"] for row in sender.series if row["rtt_ns"] is not None] == samples
+
+
+def queued_after(sender: Sender, prompt: int, hold_s: float) -> None:
+    """From ``sender``'s (prompt + 1)-th packet on, each waits ``hold_s`` after its send timestamp before it
+    leaves: a standing queue on the forward path."""
+    sendto, count = sender.nic.sendto, [0]
+
+    def queued(packet: bytes, tos: int, address) -> None:
+        count[0] += 1
+        if count[0] > prompt:
+            time.sleep(hold_s)
+        sendto(packet, tos, address)
+
+    sender.nic.sendto = queued
+
+
+def test_the_receiver_reports_forward_queueing_in_cnps_that_reach_the_sender_as_queue_delays():
+    hold_s, held = 0.08, 4
+    cc = Recording()
+    with queue_pair(cc) as (sender, receiver):
+        receiver.set_delay_reports(1_000_000, 4_000_000)  # target 1 ms, a 2 ms window, reports 0.5 ms apart
+        queued_after(sender, 2, hold_s)
+        messages = payloads([(2 + held) * CAP])
+        assert transfer(sender, receiver, messages) == messages
+    reported = [row["queue_delay_ns"] for row in receiver.series if row["event"] == "delay_report"]
+    assert 1 <= len(reported) <= held and cc.events["queue_delay"] == reported
+    assert min(reported) > hold_s * 1e9 / 4  # the wait, less the base the first packets set
+    assert receiver.counters["delay_reports_sent"] == sender.counters["delay_reports_received"] == len(reported)
+    # a report is no answer to an ECN mark: neither counted nor heard as one
+    assert receiver.counters["cnps_sent"] == sender.counters["cnps_received"] == 0 and cc.events["cnp"] == []
+
+
+def test_delay_reports_switched_off_bring_none_under_the_same_queue():
+    cc = Recording()
+    with queue_pair(cc) as (sender, receiver):
+        receiver.set_delay_reports(1_000_000, 4_000_000)
+        receiver.set_delay_reports(None)  # as the fabric controller leaves them in modes without the delay signal
+        queued_after(sender, 2, 0.08)
+        transfer(sender, receiver, payloads([6 * CAP]))
+    assert receiver.counters["delay_reports_sent"] == sender.counters["delay_reports_received"] == 0
+    assert cc.events["queue_delay"] == []
 
 
 def test_rtt_estimator_follows_rfc_6298():
