@@ -55,10 +55,10 @@ was empty were cut by a quarter and two fifths with no CNP at all; measured afte
 README).  The standing minimum, not single samples: Q_t is 5 % of the RTT, and an end host's event-loop
 lateness reaches a good part of that at p99 in a faithful run (issue 14, 100 km, k 470: 1.5 % of the RTT
 per loop); cut by single samples, a sender under no CNP was reset every few round trips and never reached
-hyper increase.  A delay cut is booked as a DCQCN cut (RT <- RC before
-it, stage counters and byte count reset, increase timer restarted) except that alpha, an ECN estimate, is
-left as it is.  Cuts of every kind share one guard: none within rp_rate_reduce_monitor_period (one RTT)
-of the previous.  RTT samples still set the base and widen the window (below); they cut nothing.
+hyper increase.  A delay cut is booked as a DCQCN cut (RT <- RC before it, stage counters and byte count
+reset, increase timer restarted) except that alpha, an ECN estimate, is left as it is.  Cuts of every kind
+share one guard: none within rp_rate_reduce_monitor_period (one RTT) of the previous.  RTT samples still
+set the base and widen the window (below); they cut nothing.
 
 No increase while idle: DCQCN's timer raises the rate every rp_time_reset whether the flow sends or not, so
 a flow that waited a few round trips for its next chunk (a collective's steps do) resumes well above the

@@ -46,8 +46,7 @@ DEFAULT_SIZE = "4M"
 MAX_SIZE_BYTES = 1 << 30  # a flow's bytes are held by its sender and its receiver at once
 FLOW_COLUMNS = {"src": "src", "dst": "dst", "fct_ms": "done ms", "goodput_mbps": "goodput", "fair_mbps": "fair",
                 "of_fair_pct": "% fair", "cnps": "CNPs", "delay_reports": "delay rep.", "retransmitted": "retx",
-                "timeouts": "RTOs",
-                "wrong_bytes": "wrong"}
+                "timeouts": "RTOs", "wrong_bytes": "wrong"}
 EGRESS_COLUMNS = {"egress": "egress", "rate_mbps": "rate", "flows": "flows", "util_pct": "util %",
                   "queue_p50_ms": "queue p50", "queue_p99_ms": "queue p99", "queue_max_ms": "queue max",
                   "drops": "drops", "ce_marks": "CE"}

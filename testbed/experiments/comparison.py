@@ -228,7 +228,7 @@ def _summary(mode: str, calls: list[dict], samples: list[dict], dci: dict) -> di
             "completion_p50_ms": p(completion, 50) / 1e3, "completion_p99_ms": p(completion, 99) / 1e3,
             "dci_queue_p50_ms": p(delays, 50), "dci_queue_p99_ms": p(delays, 99), **dci,
             "cnps": sum(c["cnps_received"] for c in calls),
-            "delay_reports": sum(c["delay_reports_received"] for c in calls),  # of the CNPs, those carrying a delay
+            "delay_reports": sum(c["delay_reports_received"] for c in calls),  # CNPs carrying a delay, not in cnps
             "retransmitted": sum(c["retransmitted_packets"] for c in calls),
             "duplicates": sum(c["duplicates"] for c in calls),
             "host_drops": sum(c["send_errors"] + c["socket_drops"] for c in calls),
