@@ -34,7 +34,7 @@ DCQCN knobs (Zhu et al. SIGCOMM'15; names as in ``controllers.dcqcn``):
                               a CNP within one RTT of the last cut reports congestion from before the cut:
                               react at most once per RTT, as DCTCP does
   rp_byte_reset = max(frame, bdp)   one byte-counter event per window sent, i.e. per RTT at the share
-  rp_ai_rate = 0.02 S;  rp_hai_rate = 0.1 S   2 % and 10 % of the share per step (so per RTT)
+  rp_ai_rate = 0.02 S;  rp_hai_rate = 0.1 S   2 % and 10 % of the share per step (hyper: up to the share, below)
   rp_threshold = 5 (DCQCN's F);  rp_initial_alpha = 0.5 (a first cut of 25 %: the flow starts at its
   share, so the first overshoot is small)
   np_min_time_between_cnps = RTT / 8   the receiver sends a few CNPs per RTT, not one per 50 us
@@ -56,9 +56,10 @@ README).  The standing minimum, not single samples: Q_t is 5 % of the RTT, and a
 lateness reaches a good part of that at p99 in a faithful run (issue 14, 100 km, k 470: 1.5 % of the RTT
 per loop); cut by single samples, a sender under no CNP was reset every few round trips and never reached
 hyper increase.  A delay cut is booked as a DCQCN cut (RT <- RC before it, stage counters and byte count
-reset, increase timer restarted) except that alpha, an ECN estimate, is left as it is.  Cuts of every kind
-share one guard: none within rp_rate_reduce_monitor_period (one RTT) of the previous.  RTT samples still
-set the base and widen the window (below); they cut nothing.
+reset, increase timer restarted) except that alpha, an ECN estimate, is left as it is.  A delay cut comes
+at most one base RTT after the previous cut of any kind (Swift's guard), also when ``timers`` is off and
+CNPs follow the firmware's 4 us guard.  RTT samples still set the base and widen the window (below); they
+cut nothing.
 
 No increase while idle: DCQCN's timer raises the rate every rp_time_reset whether the flow sends or not, so
 a flow that waited a few round trips for its next chunk (a collective's steps do) resumes well above the
@@ -69,14 +70,31 @@ As TCP's congestion window validation (RFC 7661: a window not used is not valida
 a timer period in which the flow sent nothing raises nothing (nor counts towards fast recovery's stages):
 the rate a flow resumes at is one the path carried.
 
+Above the share, additive increase only.  DCQCN's hyper increase adds i * R_HAI per event once both
+counters pass F, i growing with each event: at 100 km (issue 14) an adaptive sender that had held its
+2 Gbit/s share for F round trips reached 2.56, 2.90, then 3.12 Gbit/s within about one RTT, and before the
+first mark came back its in-flight bytes filled the window, a DCI queue of a full BDP (~1 ms, the measured
+p99).  The share is measured, so the flow knows where the path's capacity is: hyper increase, the fast
+climb back from far below it, stops at the share, and above it each event adds R_AI (2 % of the share), as
+Swift's additive increase and CUBIC's slow growth near the last known maximum.  The queue p99 fell from
+0.91-1.03 to 0.23-0.28 ms and the ratio to baseline rose from 0.97x to 0.99x (README).  The cost: a flow
+whose share was underestimated (flows of the job idle) takes about 25 RTTs to double it.
+
+A round trip's cut is the deeper of its signals.  The first CNPs of an episode cut by alpha / 2, with
+alpha decayed to a few percent over the calm round trips before; such a cut would take the round trip's
+only cut and the same round trip's delay report (a cut of a third for a queue of a BDP) would be lost.  So a
+report that follows a CNP's cut within the guard lowers the rate to what its own cut from the rate before
+(RT) gives, if that is lower, once.
+
 Mechanisms, each switchable on its own (``AdaptiveParams.mechanisms``, the spec's ``mechanisms``; all by default),
 so an ablation can measure what each buys (issue 14):
 
   timers   the DCQCN knobs above, derived from the path; without it the mlx5 firmware defaults
            (``dcqcn.MLX5_FIRMWARE``), what the baseline runs
-  window   start at the share, keep in flight at most the window, and raise the rate only for round
-           trips in which the flow sent (below); without it the flow starts unthrottled at line rate, as
-           DCQCN does, has no window, and its timer raises the rate while it has nothing to send
+  window   start at the share, keep in flight at most the window, raise the rate only for round trips in
+           which the flow sent, and above the share only additively (below); without it the flow starts
+           unthrottled at line rate, as DCQCN does, has no window, its timer raises the rate while it has
+           nothing to send, and it hyper-increases past its share
   delay    the delay signal; without it only CNPs cut (the fabric controller then asks the receivers for no
            delay reports, and a report that came anyway cuts nothing)
 With none of them the flow makes DCQCN's decisions exactly (a property test holds them to it).  The fabric's
@@ -225,8 +243,9 @@ class Adaptive(Dcqcn):
     send, so the cut guard this sets costs nothing.  CNPs are DCQCN's; a receiver's report of a forward
     queueing delay above the target cuts by Swift's factor.
     Timeouts and NAKs leave the rate, as in DCQCN: go-back-N repairs them, and a timeout on a loaded end
-    host is often spurious (the ECN and delay signals report congestion earlier than any timeout).  At most
-    one cut per base RTT.
+    host is often spurious (the ECN and delay signals report congestion earlier than any timeout).  A delay
+    cut comes at most once per base RTT; a CNP cut once per rp_rate_reduce_monitor_period (the base RTT
+    with ``timers``, the firmware's 4 us without).
 
     The base RTT is the flow's own smallest sample, not the probe's: the transport's loop includes both end
     hosts' processing, which a ping does not see.  The window is a safety bound, twice
@@ -252,6 +271,7 @@ class Adaptive(Dcqcn):
             self._rc = self._rt = params.start_rate_bps
         self._min_rtt_ns: int | None = None
         self._last_send_ns: int | None = None
+        self._cnp_cut = False  # the last cut was a CNP's, and no delay report has deepened it
         self._cwnd = WINDOW_GAIN * params.cwnd_bytes
 
     @classmethod
@@ -280,6 +300,13 @@ class Adaptive(Dcqcn):
             return True
         return self._last_send_ns is not None and self._last_send_ns >= due_ns - self.params.rp_time_reset_ns
 
+    def _step(self, low: int) -> float:
+        """With the window, hyper increase stops at the share and the flow probes above it additively."""
+        step, share = super()._step(low), self.adaptive_params.start_rate_bps
+        if not self._windowed:
+            return step
+        return min(step, share - self._rt) if self._rt < share else self.params.rp_ai_rate_bps
+
     def on_ack(self, now_ns: int, acked_bytes: int, rtt_ns: int | None) -> None:
         self._advance(now_ns)
         if rtt_ns is not None and (self._min_rtt_ns is None or rtt_ns < self._min_rtt_ns):
@@ -288,17 +315,34 @@ class Adaptive(Dcqcn):
             scale = max(1.0, rtt_ns / p.base_rtt_ns)
             self._cwnd = max(WINDOW_GAIN * p.cwnd_bytes, math.ceil(WINDOW_GAIN * p.cwnd_bytes * scale))
 
+    def on_cnp(self, now_ns: int) -> None:
+        last_cut_ns = self._last_cut_ns
+        super().on_cnp(now_ns)
+        self._cnp_cut = self._last_cut_ns != last_cut_ns
+
     def on_queue_delay(self, now_ns: int, queue_delay_ns: int) -> None:
         self._advance(now_ns)
         p = self.adaptive_params
         excess_ns = queue_delay_ns - p.target_queue_ns
-        if self._delay_cuts and excess_ns > 0 and self._may_cut(now_ns):
-            rtt_ns = (self._min_rtt_ns or p.base_rtt_ns) + queue_delay_ns
-            self._cut_to(now_ns, self._rc * max(1 - p.delay_beta * excess_ns / rtt_ns, 1 - p.max_decrease))
+        if not (self._delay_cuts and excess_ns > 0):
+            return
+        rtt_ns = (self._min_rtt_ns or p.base_rtt_ns) + queue_delay_ns
+        factor = max(1 - p.delay_beta * excess_ns / rtt_ns, 1 - p.max_decrease)
+        if self._may_cut(now_ns):
+            self._cut_to(now_ns, self._rc * factor)
+        elif self._cnp_cut:  # this RTT's cut was a CNP's: it becomes the deeper of the two
+            self._rc = max(self.params.rp_min_rate_bps, min(self._rc, self._rt * factor))
+            self._cnp_cut = False
 
     def _may_cut(self, now_ns: int) -> bool:
-        """No cut in the last rp_rate_reduce_monitor_period (the guard ``Dcqcn.on_cnp`` applies to CNPs)."""
-        period = self.params.rp_rate_reduce_monitor_period_ns
+        """No cut of any kind in the last base RTT, whatever the DCQCN timers (Swift's one decrease per RTT).
+
+        The receiver reports up to eight times per RTT, each about a queue the last cut has not yet reached;
+        under the firmware's 4 us rp_rate_reduce_monitor_period (``delay`` without ``timers``) each report cut
+        again: at 100 km that mechanism alone ran at 0.43x of baseline (issue 14's ablation, README).  With
+        ``timers`` the period is the base RTT, so the guard is the one ``Dcqcn.on_cnp`` applies to CNPs.
+        """
+        period = max(self.params.rp_rate_reduce_monitor_period_ns, self.adaptive_params.base_rtt_ns)
         return self._last_cut_ns is None or now_ns - self._last_cut_ns >= period
 
     def _cut_to(self, now_ns: int, rate_bps: float) -> None:
@@ -307,5 +351,6 @@ class Adaptive(Dcqcn):
         self._rt = self._rc
         self._rc = max(self.params.rp_min_rate_bps, rate_bps)
         self._last_cut_ns = now_ns
+        self._cnp_cut = False
         self._timer_events = self._byte_events = self._bytes = 0
         self._timer_due_ns = now_ns + self.params.rp_time_reset_ns

@@ -252,9 +252,13 @@ class Dcqcn(CongestionControl):
         p = self.params
         low, high = sorted((self._timer_events, self._byte_events))
         if high > p.rp_threshold:
-            step = p.rp_ai_rate_bps if low <= p.rp_threshold else (low - p.rp_threshold) * p.rp_hai_rate_bps
-            self._rt = min(p.rp_max_rate_bps, self._rt + step)
+            self._rt = min(p.rp_max_rate_bps, self._rt + self._step(low))
         self._rc = (self._rt + self._rc) / 2
+
+    def _step(self, low: int) -> float:
+        """RT's step once a counter has passed F (``low``: the smaller counter): additive, hyper once both have."""
+        p = self.params
+        return p.rp_ai_rate_bps if low <= p.rp_threshold else (low - p.rp_threshold) * p.rp_hai_rate_bps
 
 
 def params_from_spec(spec: dict) -> DcqcnParams:

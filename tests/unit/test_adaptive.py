@@ -129,6 +129,47 @@ def test_the_increase_timer_fires_once_per_base_rtt_and_grows_the_rate_towards_l
     assert flow.rate_bps > S
 
 
+def busy_round_trips(flow: Adaptive, first: int, count: int) -> list[tuple[float, float]]:
+    """(RC, RT) after each event of ``count`` round trips from ``first``, each sending a byte counter's worth
+    of bytes (one byte event) before its timer step, as a flow at its share does."""
+    trace = []
+    for trip in range(first, first + count):
+        flow.on_send(trip * RTT - 1, P.dcqcn.rp_byte_reset_bytes)
+        trace.append((flow.rate_bps, flow.target_rate_bps))
+        flow.on_timer(trip * RTT + RTT // 2)
+        trace.append((flow.rate_bps, flow.target_rate_bps))
+    return trace
+
+
+def test_at_its_share_a_busy_flow_probes_additively_where_the_nic_would_hyper_increase():
+    flow = started()
+    rc = rt = S
+    expected = []
+    for event in range(1, 6 * F + 1):  # byte and timer events alternate: both counters pass F together
+        high = (event + 1) // 2  # the byte counter leads by one
+        rt += 0.02 * S if high > F else 0  # additive from the first step past F, never i * R_HAI
+        rc = (rt + rc) / 2
+        expected.append((approx(rc), approx(rt)))
+    assert busy_round_trips(flow, 1, 3 * F) == expected
+    nic = Adaptive(AdaptiveParams.for_path(PATH_A, mechanisms=["timers", "delay"]))  # the same knobs, no window
+    nic.on_send(0, FRAME)
+    nic.on_cnp(RTT // 2)
+    busy_round_trips(nic, 1, 3 * F)
+    assert nic.target_rate_bps > flow.target_rate_bps + 5 * 0.1 * S  # hyper increase: i * 10 % of S per event
+
+
+def test_below_its_share_a_flow_hyper_increases_up_to_the_share_and_no_further():
+    flow = started()
+    flow.on_cnp(RTT + 1)
+    flow.on_cnp(2 * RTT + 2)  # two cuts: RT is now below the share
+    assert flow.target_rate_bps < S
+    trace = busy_round_trips(flow, 3, 3 * F)
+    targets = [rt for _, rt in trace]
+    assert targets == sorted(targets) and S in targets  # the hyper steps stop at the share exactly...
+    beyond = targets[targets.index(S):]
+    assert beyond == [approx(S + 0.02 * S * i) for i in range(len(beyond))]  # ...then one AI step per event
+
+
 def test_round_trips_in_which_the_flow_sent_nothing_raise_nothing():
     flow = started()
     flow.on_cnp(RTT + 1)  # a cut, so that there is something to recover
@@ -175,13 +216,35 @@ def test_a_reported_queue_above_the_target_cuts_by_the_swift_factor_at_most_once
     assert (flow.rate_bps, flow.target_rate_bps, flow.next_timer_ns) == (approx(rc), rt, now + RTT)
     assert flow.alpha_at(now) == approx(0.5 * (1 - G))  # a delay cut is no ECN mark: alpha untouched
     flow.on_queue_delay(now + RTT - 1, TQ + excess)
-    flow.on_cnp(now + RTT // 2)  # one guard for every kind of cut
+    flow.on_cnp(now + RTT // 2)  # no CNP cut within one RTT of a delay cut
     flow.on_send(now + RTT // 2, 1)
     assert flow.rate_bps == approx(rc)
     flow.on_queue_delay(now + RTT, TQ + excess)  # the timer step due then, then the cut
     rc = (rt + rc) / 2
     rc, rt = rc * factor, rc
     assert (flow.rate_bps, flow.target_rate_bps) == (approx(rc), approx(rt))
+
+
+def test_a_report_after_a_shallower_cnp_cut_in_the_same_rtt_deepens_that_cut_once():
+    flow = started()
+    flow.on_ack(RTT // 2, FRAME, RTT)
+    flow.on_cnp(RTT + 1)  # alpha decayed once: a cut of 23 %
+    rt = flow.target_rate_bps
+    assert rt == S and flow.rate_bps == approx(S * (1 - 0.5 * (1 - G) / 2))
+    excess = 20 * MS
+    factor = 1 - 0.8 * excess / (RTT + TQ + excess)  # 0.66: deeper
+    flow.on_queue_delay(RTT + 2, TQ + excess)  # the round trip's cut is the deeper of the two, from RT
+    assert (flow.rate_bps, flow.target_rate_bps) == (approx(rt * factor), rt)
+    flow.on_queue_delay(RTT + 3, TQ + 2 * excess)  # once per RTT: no deeper again
+    assert flow.rate_bps == approx(rt * factor)
+    flow.on_cnp(RTT + 4)  # nor does a CNP cut again
+    assert flow.rate_bps == approx(rt * factor)
+    shallow = started()
+    shallow.on_ack(RTT // 2, FRAME, RTT)
+    shallow.on_cnp(RTT + 1)
+    cut = shallow.rate_bps
+    shallow.on_queue_delay(RTT + 2, TQ + MS // 10)  # a report whose cut is shallower than the CNP's: none
+    assert shallow.rate_bps == cut
 
 
 def test_one_delay_cut_takes_at_most_max_decrease():
@@ -309,14 +372,23 @@ def test_window_alone_starts_at_the_share_with_the_window_under_the_nics_timers(
     assert flow.next_timer_ns == MLX5_FIRMWARE.rp_time_reset_ns  # the firmware's 300 us, not one RTT
 
 
-def test_delay_alone_cuts_on_reported_queueing_from_line_rate():
-    flow = Adaptive(AdaptiveParams.for_path(PATH_A, mechanisms=["delay"]))
-    flow.on_send(0, FRAME)
-    flow.on_ack(RTT, FRAME, RTT)  # the base
-    flow.on_queue_delay(RTT + 1, TQ + 10 * MS)  # 10 ms above the target
+def test_delay_alone_cuts_on_reported_queueing_from_line_rate_at_most_once_per_rtt():
+    flow, twin = (Adaptive(AdaptiveParams.for_path(PATH_A, mechanisms=["delay"])) for _ in range(2))
     excess = 10 * MS
+    for f in (flow, twin):
+        f.on_send(0, FRAME)
+        f.on_ack(RTT, FRAME, RTT)  # the base
+        f.on_queue_delay(RTT + 1, TQ + excess)  # 10 ms above the target
     assert flow.rate_bps == approx(LINE * (1 - 0.8 * excess / (RTT + TQ + excess)))
     assert flow.cwnd_bytes is None
+    for i in range(1, 8):  # the receiver's other reports of that round trip, one per RTT / 8, cut nothing,
+        now = RTT + 1 + i * RTT // 8  # although the firmware's CNP guard (4 us) has long passed: the flow
+        flow.on_queue_delay(now, TQ + excess)  # moves as its twin, which hears only of a queue at the target
+        twin.on_queue_delay(now, TQ)
+        assert (flow.rate_bps, flow.target_rate_bps) == (twin.rate_bps, twin.target_rate_bps)
+    flow.on_queue_delay(2 * RTT + 1, TQ + excess)  # one RTT after the cut, the next
+    twin.on_queue_delay(2 * RTT + 1, TQ)
+    assert flow.rate_bps == approx(twin.rate_bps * (1 - 0.8 * excess / (RTT + TQ + excess)))
 
 
 def test_an_unknown_mechanism_is_refused_in_one_line():
