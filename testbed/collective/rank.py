@@ -110,15 +110,17 @@ def measure(command: dict, links: RankLinks) -> dict:
 def answer(command: dict, links: RankLinks) -> dict:
     """Run ``command`` (a collective measurement, or with ``pairs`` long flows, ``testbed.collective.point_to_point``)
     and answer with its results and what it cost: the flows' counters, this process's CPU and its event loop's
-    lateness (``testbed.observe.fidelity``), and the telemetry rows sampled meanwhile."""
+    lateness for its timers and its packets (``testbed.observe.fidelity``), and the telemetry rows sampled
+    meanwhile."""
     before, cpu_before = links.counters(), cpu_times()
-    links.nic.lateness.take()
+    links.nic.lateness.take(), links.nic.dwell.take()
     results = {"ends": run_flows(command, links)} if "pairs" in command else measure(command, links)
     counters = {name: value - before[name] for name, value in links.counters().items()}
     cpu = {name: None if value is None else value - cpu_before[name] for name, value in cpu_times().items()}
     if links.telemetry.interval_ns:
         links.telemetry.sample(links.senders, links.receivers)  # the command's final totals
-    return {**results, "counters": counters, "cpu": cpu, "loop": links.nic.lateness.take(), **links.telemetry.take()}
+    loop = {**links.nic.lateness.take(), **links.nic.dwell.take()}
+    return {**results, "counters": counters, "cpu": cpu, "loop": loop, **links.telemetry.take()}
 
 
 def cpu_times() -> dict:

@@ -4,7 +4,7 @@ A dilated run (``testbed.model.dilation``) is faithful when the emulator kept ev
 links dequeued at their set rates, processes got a CPU when their timers and packets asked, and what
 observed them sampled at its interval.  After Handigol et al., "Reproducible Network Experiments Using
 Container-Based Emulation" (CoNEXT 2012), which checked per-packet departure times at the bottleneck against
-the expected transmission time and sampled link utilisation every 10 ms, each mode is held against four
+the expected transmission time and sampled link utilisation every 10 ms, each mode is held against five
 measurements, all from the run's telemetry (``testbed.observe.telemetry``):
 
     dci_rate   while a DCI egress stayed backlogged from one sample to the next (at least two full frames
@@ -17,6 +17,14 @@ measurements, all from the run's telemetry (``testbed.observe.telemetry``):
     loop_late  how late each rank's event loop woke up beyond the timer it set (``testbed.roce.nic.Lateness``):
                the largest p99 <= 10 % of the fabric's shortest base RTT between sites, in wall time (the
                declared RTT times k).  Beyond, RTT samples and control loops see the emulator's delays.
+    host_stall the longest any rank left its packets or timers waiting, in one measurement: the largest of its
+               event loop's worst lateness and the longest a datagram waited in its socket before the loop read
+               it (``testbed.roce.nic.Lateness``), declared (wall / k), <= half the transport's RTO floor.  The
+               floor is the least margin a retransmission timeout keeps over the smoothed RTT
+               (``testbed.roce.rto``), so a stall that long fires a timeout with nothing lost; the other half is
+               for the path's own rise over its smoothed RTT.  A bound on the worst, not on p99 as loop_late:
+               one stall is one spurious timeout and a go-back-N round (at 3000 km, k 15: loops stalled
+               60-170 ms of wall time, 4-11 ms declared, while the event-loop lateness p99 read 0.4-0.8 ms).
     sampler    the telemetry's achieved sampling interval <= 2x the one asked: the observation kept up.
                Per mode, from the mode's own samples (its queues' timestamps).  The whole telemetry's
                running average, read when a run ended, misjudged single runs both ways (a comparison at
@@ -35,16 +43,20 @@ import numpy as np
 import pandas as pd
 
 from testbed.model.dilation import MAX_LATE_RTT
+from testbed.roce.transport import TransportConfig
 
 MIN_DCI_RATE = 0.95
 MAX_RANK_CPU = 0.8
 MAX_SAMPLER_LAG = 2.0
+MAX_STALL_RTO = 0.5
+RTO_FLOOR_S = TransportConfig.min_rto_ns / 1e9  # declared: the ranks run the transport's defaults
 BACKLOG_FRAMES = 2
 CHUNK_FRAMES = 40  # the shortest backlogged stretch whose rate is judged (``dci_rate``)
 # (name, how the value reads, bound, True when the value must stay at or below the bound)
 CHECKS = (("dci_rate", "DCI rate while backlogged, of its set rate", MIN_DCI_RATE, False),
           ("rank_cpu", "rank CPU demand", MAX_RANK_CPU, True),
           ("loop_late", "event-loop lateness p99, of the base RTT", MAX_LATE_RTT, True),
+          ("host_stall", "longest host stall, of the RTO floor", MAX_STALL_RTO, True),
           ("sampler", "telemetry interval, of the one asked", MAX_SAMPLER_LAG, True))
 
 
@@ -114,8 +126,17 @@ def verdicts(queues: pd.DataFrame, ranks: pd.DataFrame, sampler: dict, base_rtt_
             "rank_cpu": _largest(mode_ranks, "cpu_demand"),
             "loop_late": None if base_rtt_s is None or mode_ranks.empty
             else float(mode_ranks["late_p99_us"].max()) / 1e6 / (base_rtt_s * dilation),
+            "host_stall": host_stall(mode_ranks, dilation),
             "sampler": None if not np.isfinite(lag) else float(lag)}))
     return result
+
+
+def host_stall(ranks: pd.DataFrame, dilation: float) -> float | None:
+    """The longest stall of any rank in ``ranks`` (its loop's worst lateness or a datagram's longest wait in
+    its socket, wall us), declared, as a share of the RTO floor; None without ranks."""
+    stalls = ranks[[c for c in ("late_max_us", "dwell_max_us") if c in ranks]].max(axis=1).dropna() \
+        if len(ranks) else pd.Series(dtype=float)
+    return float(stalls.max()) / 1e6 / dilation / RTO_FLOOR_S if len(stalls) else None
 
 
 def sampled_interval_ms(queues: pd.DataFrame, dilation: float) -> float:

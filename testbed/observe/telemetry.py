@@ -24,8 +24,10 @@ Tables (tidy: one row per sample and object; counters are cumulative, so rates a
             the ranks, i.e. per mode); the other side's columns are empty
 ``steps``   t_s, mode, size_bytes, in_place, rank, step, phase, channel, send_peer, recv_peer, bytes, wait_ms
 ``ranks``   t_s, mode, size_bytes, in_place, rank, wall_ms, cpu_ms, wait_ms, cpu_demand, wakeups, late_p50_us,
-            late_p99_us, late_max_us -- what each measurement cost each rank process in wall time: its time
-            on a CPU and waiting for one, and how late its event loop woke (``testbed.observe.fidelity``)
+            late_p99_us, late_max_us, reads, dwell_p50_us, dwell_p99_us, dwell_max_us -- what each measurement
+            cost each rank process in wall time: its time on a CPU and waiting for one, how late its event loop
+            woke, and how long the first datagram of each wake-up that read some had waited in the socket
+            (``testbed.roce.nic.Lateness``, ``testbed.observe.fidelity``)
 
 Which queues: ``scope="dci"`` (default) samples every interface of the border routers -- both directions of
 every DCI and the borders' links into their sites -- with one qdisc and one link dump per border per
@@ -53,7 +55,8 @@ DEFAULT_INTERVAL_S = 0.01
 QUEUE_COLUMNS = ("t_s", "mode", "node", "peer", "intf", "dci", "rate_bps", "backlog_bytes", "backlog_packets",
                  "queue_delay_ms", "sent_bytes", "sent_packets", "drops", "ecn_marks")
 LINK_COLUMNS = ("t_s", "mode", "node", "peer", "intf", "dci", "tx_bytes", "tx_packets", "rx_bytes", "rx_packets")
-LOOP_COLUMNS = ("wakeups", "late_p50_us", "late_p99_us", "late_max_us")
+LOOP_COLUMNS = ("wakeups", "late_p50_us", "late_p99_us", "late_max_us", "reads", "dwell_p50_us", "dwell_p99_us",
+                "dwell_max_us")
 RANK_COLUMNS = ("t_s", "mode", "size_bytes", "in_place", "rank", "wall_ms", "cpu_ms", "wait_ms", "cpu_demand",
                 *LOOP_COLUMNS)
 SCOPES = ("dci", "all")

@@ -10,7 +10,9 @@ A NIC can be created inside another network namespace (``netns``, e.g. a Mininet
 for that one call, so one process can drive queue pairs between any hosts of a running fabric.
 
 The event loop (``run``) serves one or more NICs in one thread: it fires their queue pairs' clocks
-(pacing, timers), reads their sockets and dispatches packets, until a predicate holds.  What it serves is
+(pacing, timers), reads their sockets and dispatches packets, until a predicate holds.  It records how late
+it was for both (``Lateness``): its timers' wake-ups, and the first datagram of each wake-up's wait in the
+socket, which only a stall while packets arrive makes long.  What it serves is
 an ``Endpoint``: anything with a QP number that takes packets and clock ticks (the queue-pair ends of
 ``testbed.roce.transport`` are the ones the testbed has).
 
@@ -26,10 +28,12 @@ microVM keeps at its default (``_set_buffer``).
 
 import abc
 import collections
+import fcntl
 import math
 import os
 import select
 import socket
+import struct
 import time
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
@@ -55,17 +59,28 @@ FIRST_QPN = 2  # QP0 and QP1 are InfiniBand's management queue pairs
 _CMSG_SPACE = socket.CMSG_SPACE(4)
 _SO_SNDBUFFORCE, _SO_RCVBUFFORCE = 32, 33  # asm-generic/socket.h; Python leaves them out
 _IPPROTO_IP, _IP_TOS = socket.IPPROTO_IP, socket.IP_TOS
+SIOCGSTAMPNS = 0x8907  # linux/sockios.h: the last datagram read's receive time (CLOCK_REALTIME), a timespec
+_TIMESPEC = struct.Struct("qq")
+_NO_TIMESPEC = bytes(_TIMESPEC.size)
 FAR_FUTURE_NS = 1 << 62
 
 
 class Lateness:
-    """How late the event loop woke up after the wait it asked for: what the emulator's CPU costs the timing
-    of a flow (``testbed.observe.fidelity``).  A histogram in quarter octaves from 1 us, so recording costs a
-    logarithm and a dict update per wake-up, and a quantile is read to within 19 %."""
+    """How late the event loop was for what it had to do: what the emulator's CPU costs the timing of a flow
+    (``testbed.observe.fidelity``).  Two of them per NIC: ``lateness``, how late the loop woke up after the
+    wait it asked for, and ``dwell``, how long the first datagram of each wake-up had waited in the socket
+    (the kernel's receive timestamp against the time it was read): a stall while packets arrive, which no
+    wake-up measures.  A histogram in quarter octaves from 1 us, so recording costs a logarithm and a dict
+    update, and a quantile is read to within 19 %.  ``name`` prefixes the summary's keys, ``count`` names
+    its number of records."""
 
     STEPS_PER_OCTAVE = 4
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "late", count: str = "wakeups") -> None:
+        self.name, self.count = name, count
+        self._reset()
+
+    def _reset(self) -> None:
         self.counts: collections.Counter[int] = collections.Counter()
         self.wakeups = 0
         self.max_ns = 0
@@ -85,10 +100,11 @@ class Lateness:
         return 0
 
     def take(self) -> dict:
-        """The summary since the last call (wake-ups, p50, p99 and max lateness in us), then start afresh."""
-        summary = {"wakeups": self.wakeups, "late_p50_us": self.quantile(0.5) / 1e3,
-                   "late_p99_us": self.quantile(0.99) / 1e3, "late_max_us": self.max_ns / 1e3}
-        self.__init__()
+        """The summary since the last call (records, p50, p99 and max in us), then start afresh."""
+        name = self.name
+        summary = {self.count: self.wakeups, f"{name}_p50_us": self.quantile(0.5) / 1e3,
+                   f"{name}_p99_us": self.quantile(0.99) / 1e3, f"{name}_max_us": self.max_ns / 1e3}
+        self._reset()
         return summary
 
 
@@ -163,6 +179,8 @@ class Nic:
         self._flows: dict[tuple[str, int], tuple[Flow, Flow]] = {}
         self.counters: dict[str, int] = {"bad_icrc": 0, "malformed": 0, "unknown_qpn": 0}
         self.lateness = Lateness()
+        self.dwell = Lateness("dwell", "reads")
+        _receive_time(self._sock)  # the first call turns the kernel's receive timestamps on for this socket
 
     def __repr__(self) -> str:
         return f"Nic({self.address[0]}:{self.address[1]}, {len(self._ends)} queue pairs)"
@@ -255,11 +273,16 @@ class Nic:
         """Read, check and hand over up to ``RECV_BATCH`` datagrams, each with the time it was read."""
         recvmsg, flows, ends, counters, clock = self._sock.recvmsg, self._flows, self._ends, self.counters, \
             time.monotonic_ns
+        first = True
         for _ in range(RECV_BATCH):
             try:
                 data, ancillary, _, peer = recvmsg(MAX_DATAGRAM, _CMSG_SPACE)
             except (BlockingIOError, InterruptedError):
                 return
+            if first:  # the oldest datagram waiting: how long the loop left the socket unread
+                first, received = False, _receive_time(self._sock)
+                if received:
+                    self.dwell.record(time.time_ns() - received)
             pair = flows.get(peer) or self.flows(peer)
             try:
                 packet = parse(data, pair[0])
@@ -337,6 +360,17 @@ def _set_buffer(sock: socket.socket, option: int, force: int) -> None:
         sock.setsockopt(socket.SOL_SOCKET, force, RECV_BUFFER_BYTES)
     except PermissionError:
         sock.setsockopt(socket.SOL_SOCKET, option, RECV_BUFFER_BYTES)
+
+
+def _receive_time(sock: socket.socket) -> int | None:
+    """When the kernel received the datagram read last from ``sock`` (ns, CLOCK_REALTIME), None before any.
+    One ``ioctl`` per wake-up (0.9 us natively), where a receive-timestamp message with every datagram would
+    cost every ``recvmsg`` of the hot loop a second ancillary item to allocate and look through."""
+    try:
+        seconds, nanoseconds = _TIMESPEC.unpack(fcntl.ioctl(sock.fileno(), SIOCGSTAMPNS, _NO_TIMESPEC))
+    except OSError:  # ENOENT: nothing read yet (the first call also turns the timestamps on)
+        return None
+    return seconds * 1_000_000_000 + nanoseconds
 
 
 def _tos(ancillary: list[tuple[int, int, bytes]]) -> int:

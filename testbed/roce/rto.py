@@ -1,11 +1,17 @@
 """Retransmission timeout from round-trip samples, as RFC 6298 computes it for TCP.
 
-SRTT and RTTVAR follow section 2 (gains 1/8 and 1/4; the first sample sets SRTT = R, RTTVAR = R / 2);
-RTO = max(floor, SRTT + max(G, 4 * RTTVAR)) with the clock granularity G = 1 ns of the monotonic clock.
-The floor is configurable because RFC 6298's 1 s is far above datacenter and even WAN RTTs.  Each
-timeout doubles the RTO (section 5.5, capped at ``max_rto_ns``) until the flow makes progress again: a new
-sample, or (as Linux does) any ACK of new data.  Without the latter, Karn's rule -- callers take no samples
-from retransmitted packets -- keeps the backoff after a go-back-N round that resent everything in flight.
+SRTT and RTTVAR follow section 2 (gains 1/8 and 1/4; the first sample sets SRTT = R, RTTVAR = R / 2). The floor
+bounds the margin over SRTT, as Linux applies ``tcp_rto_min`` (``tcp_rtt_estimator`` keeps the variance term at
+least rto_min, so RTO >= SRTT + rto_min), not the RTO itself as section 2.4 does: RTO = SRTT + max(floor, 4 *
+RTTVAR). Section 2.4's max(floor, SRTT + 4 RTTVAR) leaves a calm long path a margin of 4 RTTVAR, a millisecond or
+two over a 30 ms SRTT, and anything that holds an ACK that long fires a spurious timeout: at 3000 km (k 15, the
+microVM) rank event loops that stalled 60-170 ms of wall time (4-11 ms declared: gaps in the ranks' telemetry with
+no step work in them) fired 1-3 timeouts per flow in three of six runs, 9-260 packets resent with nothing lost
+(2026-12-08). The floor is configurable because RFC 6298's 1 s is far above datacenter and even WAN RTTs (a RoCE
+NIC's timeout is fixed and far longer: 4.096 us x 2^NCCL_IB_TIMEOUT, 4.3 s at NCCL's default 20). Each timeout
+doubles the RTO (section 5.5, capped at ``max_rto_ns``) until the flow makes progress again: a new sample, or (as
+Linux does) any ACK of new data. Without the latter, Karn's rule -- callers take no samples from retransmitted
+packets -- keeps the backoff after a go-back-N round that resent everything in flight.
 """
 
 
@@ -35,7 +41,7 @@ class RttEstimator:
         else:
             self.rttvar_ns = 0.75 * self.rttvar_ns + 0.25 * abs(self.srtt_ns - rtt_ns)
             self.srtt_ns = 0.875 * self.srtt_ns + 0.125 * rtt_ns
-        self._rto_ns = max(self.min_rto_ns, round(self.srtt_ns + max(1.0, 4 * self.rttvar_ns)))
+        self._rto_ns = round(self.srtt_ns + max(self.min_rto_ns, 4 * self.rttvar_ns))
         self.on_progress()
 
     def on_progress(self) -> None:

@@ -46,8 +46,8 @@ def auto_dilation(tb) -> float:
 
 def faithful_dilation(tb) -> float:
     """The k to measure at: auto's, raised until a short all_reduce measured at auto's k keeps the ranks' CPU
-    demand and their event loop's lateness within their fidelity bounds (``testbed.observe.fidelity``) with
-    MARGIN to spare.  On the E6 series, as auto's k.
+    demand, their event loop's lateness and their longest stall within their fidelity bounds
+    (``testbed.observe.fidelity``) with MARGIN to spare.  On the E6 series, as auto's k.
 
     Auto sizes k for the packet rate only; the event loop's lateness is wall time that other processes'
     turns on the two vCPUs cost whatever the k, so the k that keeps it under a tenth of the base RTT is
@@ -55,5 +55,7 @@ def faithful_dilation(tb) -> float:
     k = auto_dilation(tb)
     options = nccl_tests.parse_args("all_reduce", PROBE, nranks=len(tb.hosts()))
     values = measure_at(tb, k, options, interval_s=TELEMETRY_S).verdict.values
-    load = max(values["loop_late"] / dilation.MAX_LATE_RTT, values["rank_cpu"] / fidelity.MAX_RANK_CPU)
+    load = max(values["loop_late"] / dilation.MAX_LATE_RTT, values["rank_cpu"] / fidelity.MAX_RANK_CPU,
+               values["host_stall"] / fidelity.MAX_STALL_RTO)
+    print(f"probe at k {k:g}: {values}")
     return dilation.rounded_up(max(k, k * load * MARGIN))

@@ -24,9 +24,9 @@ def queues(mode: str, sent_share: float, backlog: int = 10 * FRAME, samples: int
     return rows
 
 
-def ranks(mode: str, demand: float, late_p99_us: float) -> list[list]:
+def ranks(mode: str, demand: float, late_p99_us: float, dwell_max_us: float = 100.0) -> list[list]:
     return [[0.1, mode, 1 << 20, False, rank, 1000.0, 1000.0 * demand, 0.0, demand, 500, 50.0, late_p99_us,
-             late_p99_us] for rank in range(4)]
+             late_p99_us, 400, 20.0, 50.0, dwell_max_us] for rank in range(4)]
 
 
 def judge(queue_rows, rank_rows, achieved_ms=10.0, k=1000.0):
@@ -40,17 +40,20 @@ def test_a_run_that_kept_every_promise_is_faithful():
     assert verdict.faithful and verdict.text == "faithful" and verdict.needed_dilation == 1000
     assert verdict.values["dci_rate"] == pytest.approx(0.99)
     assert verdict.values["loop_late"] == pytest.approx(0.02)
+    assert verdict.values["host_stall"] == pytest.approx(2e-6 / 0.01)  # 2 ms of wall time at k 1000
 
 
-@pytest.mark.parametrize("queue_share, demand, late_us, achieved_ms, broken, needed", [
-    (0.80, 0.3, 2_000, 10, "DCI rate while backlogged, of its set rate 0.8 (min 0.95)", 1000 * 0.95 / 0.8),
-    (0.99, 0.97, 2_000, 10, "rank CPU demand 0.97 (max 0.8)", 1000 * 0.97 / 0.8),
-    (0.99, 0.3, 30_000, 10, "event-loop lateness p99, of the base RTT 0.3 (max 0.1)", 3000),
-    (0.99, 0.3, 2_000, 50, "telemetry interval, of the one asked 5 (max 2)", 2500),
+@pytest.mark.parametrize("queue_share, demand, late_us, dwell_us, achieved_ms, broken, needed", [
+    (0.80, 0.3, 2_000, 100, 10, "DCI rate while backlogged, of its set rate 0.8 (min 0.95)", 1000 * 0.95 / 0.8),
+    (0.99, 0.97, 2_000, 100, 10, "rank CPU demand 0.97 (max 0.8)", 1000 * 0.97 / 0.8),
+    (0.99, 0.3, 30_000, 100, 10, "event-loop lateness p99, of the base RTT 0.3 (max 0.1)", 3000),
+    # a socket left unread 7.5 s of wall time at k 1000: 7.5 ms declared, 0.75 of the 10 ms RTO floor
+    (0.99, 0.3, 2_000, 7_500_000, 10, "longest host stall, of the RTO floor 0.75 (max 0.5)", 1500),
+    (0.99, 0.3, 2_000, 100, 50, "telemetry interval, of the one asked 5 (max 2)", 2500),
 ])
-def test_each_broken_bound_names_itself_and_the_k_that_would_keep_it(queue_share, demand, late_us, achieved_ms,
-                                                                     broken, needed):
-    (verdict,) = judge(queues("m", queue_share, every_s=achieved_ms / 1e6), ranks("m", demand, late_us))
+def test_each_broken_bound_names_itself_and_the_k_that_would_keep_it(queue_share, demand, late_us, dwell_us,
+                                                                     achieved_ms, broken, needed):
+    (verdict,) = judge(queues("m", queue_share, every_s=achieved_ms / 1e6), ranks("m", demand, late_us, dwell_us))
     assert not verdict.faithful
     assert verdict.text == f"emulator-limited: {broken}"
     assert verdict.needed_dilation == pytest.approx(needed)
@@ -94,7 +97,7 @@ def test_a_link_at_its_rate_sampled_every_frame_and_a_half_keeps_its_rate():
 
 def test_every_check_has_a_verdict_row():
     row = Verdict("m", 10.0, {name: None for name, *_ in CHECKS}).row()
-    assert set(row) == {"mode", "dilation", "dci_rate", "rank_cpu", "loop_late", "sampler", "verdict",
+    assert set(row) == {"mode", "dilation", "dci_rate", "rank_cpu", "loop_late", "host_stall", "sampler", "verdict",
                         "needed_dilation"}
 
 
@@ -107,3 +110,6 @@ def test_lateness_quantiles_come_from_quarter_octave_buckets():
     summary = late.take()
     assert summary["wakeups"] == 100 and summary["late_max_us"] == 1000.0
     assert late.take()["wakeups"] == 0  # taking starts afresh
+    dwell = Lateness("dwell", "reads")
+    dwell.record(2_000_000)
+    assert dwell.take() == {"reads": 1, "dwell_p50_us": 2000.0, "dwell_p99_us": 2000.0, "dwell_max_us": 2000.0}

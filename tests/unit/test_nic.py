@@ -2,6 +2,7 @@
 
 import os
 import socket
+import time
 import uuid
 
 import pytest
@@ -45,6 +46,21 @@ def test_packets_for_unknown_queue_pairs_or_not_roce_at_all_are_counted_and_drop
         stray.sendto(bytes(64), nic.address)  # long enough, but its ICRC is wrong
         assert not run([nic, other], lambda: False, 0.05)
         assert nic.counters == {"bad_icrc": 1, "malformed": 1, "unknown_qpn": 1}
+
+
+def test_a_stall_while_packets_arrive_is_measured_as_their_wait_in_the_socket():
+    """Datagrams sent while the loop is busy elsewhere wait in the socket: the first one read after the 80 ms
+    stall is recorded as having waited at least that long, which no timer's lateness would show."""
+    with Nic("127.0.0.1", 0) as nic, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stray:
+        assert not run([nic], lambda: False, 0.01)
+        assert nic.dwell.take()["reads"] == 0
+        for _ in range(3):
+            stray.sendto(b"tiny", nic.address)
+        time.sleep(0.08)
+        assert not run([nic], lambda: False, 0.01)
+        dwell = nic.dwell.take()
+    assert dwell["reads"] == 1 and 80_000 <= dwell["dwell_max_us"] < 2_000_000
+    assert nic.counters["malformed"] == 3
 
 
 @pytest.fixture
