@@ -113,14 +113,13 @@ def answer(command: dict, links: RankLinks) -> dict:
     lateness for its timers and its packets (``testbed.observe.fidelity``), and the telemetry rows sampled
     meanwhile."""
     before, cpu_before = links.counters(), cpu_times()
-    links.nic.lateness.take(), links.nic.dwell.take()
+    links.nic.take_lateness()
     results = {"ends": run_flows(command, links)} if "pairs" in command else measure(command, links)
     counters = {name: value - before[name] for name, value in links.counters().items()}
     cpu = {name: None if value is None else value - cpu_before[name] for name, value in cpu_times().items()}
     if links.telemetry.interval_ns:
         links.telemetry.sample(links.senders, links.receivers)  # the command's final totals
-    loop = {**links.nic.lateness.take(), **links.nic.dwell.take()}
-    return {**results, "counters": counters, "cpu": cpu, "loop": loop, **links.telemetry.take()}
+    return {**results, "counters": counters, "cpu": cpu, "loop": links.nic.take_lateness(), **links.telemetry.take()}
 
 
 def cpu_times() -> dict:

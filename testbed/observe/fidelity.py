@@ -134,9 +134,8 @@ def verdicts(queues: pd.DataFrame, ranks: pd.DataFrame, sampler: dict, base_rtt_
 def host_stall(ranks: pd.DataFrame, dilation: float) -> float | None:
     """The longest stall of any rank in ``ranks`` (its loop's worst lateness or a datagram's longest wait in
     its socket, wall us), declared, as a share of the RTO floor; None without ranks."""
-    stalls = ranks[[c for c in ("late_max_us", "dwell_max_us") if c in ranks]].max(axis=1).dropna() \
-        if len(ranks) else pd.Series(dtype=float)
-    return float(stalls.max()) / 1e6 / dilation / RTO_FLOOR_S if len(stalls) else None
+    stalls = [v for v in (_largest(ranks, "late_max_us"), _largest(ranks, "dwell_max_us")) if v is not None]
+    return max(stalls) / 1e6 / dilation / RTO_FLOOR_S if stalls else None
 
 
 def sampled_interval_ms(queues: pd.DataFrame, dilation: float) -> float:

@@ -212,6 +212,10 @@ class Nic:
             self._flows[peer] = pair
         return pair
 
+    def take_lateness(self) -> dict:
+        """Both lateness summaries since the last call, timers' and packets' (``Lateness.take``)."""
+        return {**self.lateness.take(), **self.dwell.take()}
+
     def run_until(self, predicate: Callable[[], bool], timeout_s: float) -> bool:
         """Run this NIC's loop until ``predicate()`` holds (True) or ``timeout_s`` passes (False)."""
         return run([self], predicate, timeout_s)
